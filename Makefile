@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESET ?= default
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test test-fast bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/vqclip generate "a watercolour painting of a lighthouse at dawn" --preset $(PRESET) --out vqclip-output/demo.png
+
+test: install
+	$(PY) -m pytest || [ $$? -eq 5 ]  # 5: no tests collected
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install
+	$(PY) -m benchmarks.engine_step

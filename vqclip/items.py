@@ -1,0 +1,139 @@
+"""Work items: what one image is made from, and the id that names it everywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vqclip import __version__
+from vqclip.models.presets import get_preset, get_vqgan_spec, split_clip_name
+from vqclip.prompts import WeightedPrompt, format_prompt, parse_prompt
+
+
+class GenerationSettings(BaseModel):
+    """Settings shared by every item of one batch: they fix its tensor shapes and its schedule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(256, gt=0, description="Image width in pixels (a multiple of the VQGAN factor).")
+    height: int = Field(256, gt=0, description="Image height in pixels (a multiple of the VQGAN factor).")
+    steps: int = Field(300, gt=0, description="Optimisation steps.")
+    cutouts: int = Field(32, gt=0, le=256, description="Random cutouts CLIP sees per step.")
+    cut_pow: float = Field(1.0, gt=0, description="Cutout size exponent; above 1 favours small cutouts.")
+    lr: float = Field(0.1, gt=0, description="Learning rate.")
+    optimizer: Literal["adam", "adamw"] = "adam"
+    augment: bool = Field(True, description="Flip, rotate, scale and shift cutouts.")
+    noise_fac: float = Field(0.1, ge=0, description="Largest std of the noise added to cutouts.")
+    init_weight: float = Field(0.0, ge=0, description="Pull towards the initial latent (with an init image).")
+    save_every: int = Field(0, ge=0, description="Keep an intermediate frame every N steps (0: none).")
+
+
+class ModelSpec(BaseModel):
+    """The models behind an image: VQGAN, weighted guiding CLIP ensemble, scoring CLIP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vqgan: str
+    guides: tuple[tuple[str, float], ...]
+    scorer: str
+    random_weights: bool = False
+
+    @field_validator("vqgan")
+    @classmethod
+    def _known_vqgan(cls, value: str) -> str:
+        get_vqgan_spec(value)
+        return value
+
+    @field_validator("guides")
+    @classmethod
+    def _guides(cls, value: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+        if not value:
+            raise ValueError("at least one guiding CLIP model is needed")
+        for name, weight in value:
+            split_clip_name(name)
+            if weight <= 0:
+                raise ValueError(f"guide {name!r} has weight {weight}; guide weights must be positive")
+        return value
+
+    @field_validator("scorer")
+    @classmethod
+    def _scorer(cls, value: str) -> str:
+        split_clip_name(value)
+        return value
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent cell (sizes must be multiples of it)."""
+        return get_vqgan_spec(self.vqgan).factor
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether images from these models come from untrained weights."""
+        return self.random_weights or get_vqgan_spec(self.vqgan).synthetic
+
+
+def models_for_preset(name: str) -> ModelSpec:
+    """The ModelSpec of a named preset."""
+    preset = get_preset(name)
+    return ModelSpec(
+        vqgan=preset.vqgan,
+        guides=tuple((g.clip, g.weight) for g in preset.guides),
+        scorer=preset.scorer,
+        random_weights=preset.random_weights,
+    )
+
+
+class ImagePrompt(BaseModel):
+    """An image that guides generation like a text prompt; `digest` is the sha256 of its bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    digest: str
+    weight: float = 1.0
+
+
+class WorkItem(BaseModel):
+    """One image to make: a prompt, a seed, the settings and models, and optional image inputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_id: str
+    index: int = Field(0, ge=0, description="Which image of its prompt this is (0-based).")
+    prompt: str
+    seed: int = Field(ge=0, lt=2**63)
+    settings: GenerationSettings
+    models: ModelSpec
+    image_prompts: tuple[ImagePrompt, ...] = ()
+    init_image: ImagePrompt | None = None
+
+    @property
+    def parts(self) -> list[WeightedPrompt]:
+        """The parsed weighted prompt."""
+        return parse_prompt(self.prompt)
+
+    @property
+    def item_id(self) -> str:
+        """A hash of everything that decides this item's pixels (not its position in a manifest)."""
+        identity = {
+            "prompt": format_prompt(self.parts),
+            "seed": self.seed,
+            "settings": self.settings.model_dump(mode="json"),
+            "models": self.models.model_dump(mode="json", exclude={"scorer"}),
+            "image_prompts": [(p.digest, p.weight) for p in self.image_prompts],
+            "init_image": self.init_image.digest if self.init_image else None,
+            "engine": __version__,
+        }
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:20]
+
+    @property
+    def shard_key(self) -> tuple[str, str]:
+        """Items with equal shard keys can share one batch."""
+        return (
+            self.settings.model_dump_json(),
+            self.models.model_dump_json(),
+        )

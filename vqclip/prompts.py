@@ -1,0 +1,131 @@
+"""Weighted prompt syntax: ``"a red fox:1 | a watercolour:0.5 | blurry:-0.3"``.
+
+Parts are separated by ``|``. Each part is ``text[:weight[:stop]]``; the weight defaults to 1 and a
+negative weight pushes the image away from the text. ``stop`` caps how far that part's loss is
+driven down (the loss of the reference implementations). A literal ``|`` or ``:`` in the text is
+written ``\\|`` or ``\\:``; a trailing ``:word`` that is not a number stays part of the text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from vqclip.errors import PromptError
+
+CLIP_TEXT_TOKENS = 75
+"""Tokens of text CLIP reads: its 77-token context less the start and end markers."""
+
+_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+
+
+@dataclass(frozen=True)
+class WeightedPrompt:
+    """One part of a prompt: the text, its weight and its stop value."""
+
+    text: str
+    weight: float = 1.0
+    stop: float = -math.inf
+
+    def __str__(self) -> str:
+        text = self.text.replace("|", r"\|").replace(":", r"\:")
+        if self.stop != -math.inf:
+            return f"{text}:{self.weight:g}:{self.stop:g}"
+        return f"{text}:{self.weight:g}"
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number
+
+
+def _split_unescaped_colon(part: str) -> list[str]:
+    pieces, current, i = [], [], 0
+    while i < len(part):
+        if part[i] == "\\" and i + 1 < len(part) and part[i + 1] in ":|\\":
+            current.append(part[i : i + 2])
+            i += 2
+            continue
+        if part[i] == ":":
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(part[i])
+        i += 1
+    pieces.append("".join(current))
+    return pieces
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([:|\\])", r"\1", text)
+
+
+def parse_part(part: str, position: int = 1) -> WeightedPrompt:
+    """Parse one ``text[:weight[:stop]]`` part; `position` (1-based) only labels errors."""
+    pieces = _split_unescaped_colon(part)
+    numbers: list[float] = []
+    while len(pieces) > 1 and len(numbers) < 2:
+        value = _number(pieces[-1].strip())
+        if value is None:
+            break
+        numbers.insert(0, value)
+        pieces.pop()
+    text = _unescape(":".join(pieces)).strip()
+    if not text:
+        raise PromptError(f"prompt part {position} ({part.strip()!r}) has no text; write it as 'text:weight'")
+    weight = numbers[0] if numbers else 1.0
+    stop = numbers[1] if len(numbers) > 1 else -math.inf
+    if not math.isfinite(weight):
+        raise PromptError(f"prompt part {position} ({text!r}) has weight {weight}; use a finite number such as 1 or -0.5")
+    if weight == 0:
+        raise PromptError(f"prompt part {position} ({text!r}) has weight 0, which does nothing; remove the part or give it a weight")
+    if math.isnan(stop):
+        raise PromptError(f"prompt part {position} ({text!r}) has stop nan; use a number or leave it out")
+    return WeightedPrompt(text, weight, stop)
+
+
+def parse_prompt(prompt: str) -> list[WeightedPrompt]:
+    """Parse a ``|``-separated weighted prompt into its parts; empty parts are an error."""
+    if not prompt or not prompt.strip():
+        raise PromptError("the prompt is empty; write some text, e.g. 'a red fox:1 | blurry:-0.5'")
+    parts = _UNESCAPED_PIPE.split(prompt)
+    return [parse_part(part, position) for position, part in enumerate(parts, start=1)]
+
+
+def format_prompt(parts: list[WeightedPrompt]) -> str:
+    """The canonical string of parsed parts (parses back to the same parts)."""
+    return " | ".join(str(part) for part in parts)
+
+
+def scoring_text(parts: list[WeightedPrompt]) -> str:
+    """The text an image is scored against: its positive parts, strongest first."""
+    positive = sorted((p for p in parts if p.weight > 0), key=lambda p: -p.weight)
+    return ", ".join(p.text for p in positive) if positive else parts[0].text
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def token_count(text: str) -> int:
+    """How many CLIP BPE tokens `text` takes (without start and end markers)."""
+    return len(_tokenizer().encode(text))
+
+
+def check_token_length(parts: list[WeightedPrompt], limit: int = CLIP_TEXT_TOKENS) -> None:
+    """Raise PromptError when a part is longer than CLIP reads (it would be silently truncated)."""
+    for position, part in enumerate(parts, start=1):
+        count = token_count(part.text)
+        if count > limit:
+            raise PromptError(
+                f"prompt part {position} is {count} CLIP tokens long, more than the {limit} CLIP reads; "
+                f"shorten it or split it into weighted parts with '|'"
+            )
