@@ -27,6 +27,7 @@ class GenerationSettings(BaseModel):
     optimizer: Literal["adam", "adamw"] = "adam"
     augment: bool = Field(True, description="Flip, rotate, scale and shift cutouts.")
     noise_fac: float = Field(0.1, ge=0, description="Largest std of the noise added to cutouts.")
+    init: Literal["tokens", "noise"] = Field("tokens", description="Start from random codes or pixel noise.")
     init_weight: float = Field(0.0, ge=0, description="Pull towards the initial latent (with an init image).")
     save_every: int = Field(0, ge=0, description="Keep an intermediate frame every N steps (0: none).")
 

@@ -1,0 +1,43 @@
+"""Test session setup: private PREFECT_HOME and model cache, no telemetry, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="vqclip-tests-"))
+os.environ.update(
+    {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
+        "VQCLIP_CACHE_DIR": str(_SESSION_DIR / "cache"),
+    }
+)
+
+try:
+    from tests.s3fixtures import s3_bucket, seaweedfs  # noqa: E402,F401
+except ImportError:  # TEMP while storage lands
+    pass
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """The tiny preset's models on the CPU, loaded once per session."""
+    from vqclip.models.loader import load_models
+
+    return load_models("tiny", device="cpu")
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    """Fresh runtime settings with a private model cache."""
+    from vqclip.settings import Settings, get_settings
+
+    monkeypatch.setenv("VQCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield Settings()
+    get_settings.cache_clear()

@@ -1,0 +1,129 @@
+"""The batched optimisation on the tiny preset: it optimises, it is deterministic per item, it isolates failures."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from vqclip import generate as generate_module
+from vqclip.generate import generate
+from vqclip.items import GenerationSettings, ImagePrompt, WorkItem, models_for_preset
+
+SETTINGS = GenerationSettings(width=64, height=64, steps=40, cutouts=8, lr=0.2)
+
+
+def item(prompt: str, seed: int = 0, settings: GenerationSettings = SETTINGS) -> WorkItem:
+    return WorkItem(prompt_id="p", prompt=prompt, seed=seed, settings=settings, models=models_for_preset("tiny"))
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.image).astype(int)
+
+
+def early_and_late(history: list[float]) -> tuple[float, float]:
+    """Mean similarity over the first and last five steps (single steps are noisy: cutouts are random)."""
+    return float(np.mean(history[:5])), float(np.mean(history[-5:]))
+
+
+def test_similarity_to_the_prompt_rises_and_to_a_negative_prompt_falls(tiny_models):
+    settings = SETTINGS.model_copy(update={"steps": 80, "lr": 0.3})
+    prompts = ["a castle", "snow"]
+    batch = [item(p, 5, settings) for p in prompts] + [item(f"{p}:-1", 5, settings) for p in prompts]
+    results = generate(batch, tiny_models)
+    for toward, away in zip(results[:2], results[2:]):
+        first, last = early_and_late(toward.similarity_history[0])
+        assert last > first + 0.02, (toward.item.prompt, first, last)
+        first_away, last_away = early_and_late(away.similarity_history[0])
+        assert last_away < first_away - 0.02, (away.item.prompt, first_away, last_away)
+        assert last - last_away > 0.04, "the same seed must end closer to the prompt when guided towards it"
+
+
+def test_an_item_gives_the_same_image_alone_and_in_a_batch(tiny_models):
+    batch = [item("a red fox", 7), item("a blue sea:1 | fog:-0.5", 8), item("a castle", 9), item("snow", 10)]
+    together = generate(batch, tiny_models)
+    alone = generate([batch[1]], tiny_models)
+    assert np.abs(pixels(together[1]) - pixels(alone[0])).max() <= 2
+    assert together[1].similarity == pytest.approx(alone[0].similarity, abs=1e-3)
+
+
+def test_two_seeds_give_different_images_and_one_seed_repeats(tiny_models):
+    a, b = generate([item("a red fox", 1), item("a red fox", 2)], tiny_models)
+    (again,) = generate([item("a red fox", 1)], tiny_models)
+    assert np.abs(pixels(a) - pixels(b)).mean() > 5
+    assert np.abs(pixels(a) - pixels(again)).max() <= 2
+
+
+def test_a_non_finite_item_fails_alone(tiny_models, monkeypatch):
+    original = generate_module._initial_latents
+
+    def poisoned(items, *args):
+        latents = original(items, *args)
+        latents[1] = float("nan")
+        return latents
+
+    monkeypatch.setattr(generate_module, "_initial_latents", poisoned)
+    batch = [item("a red fox", 1), item("a castle", 2), item("snow", 3)]
+    results = generate(batch, tiny_models)
+    monkeypatch.undo()
+    clean = generate([batch[0], batch[2]], tiny_models)
+    assert [r.ok for r in results] == [True, False, True]
+    assert "non-finite" in results[1].error and results[1].image is None
+    assert np.abs(pixels(results[0]) - pixels(clean[0])).max() <= 2
+    assert np.abs(pixels(results[2]) - pixels(clean[1])).max() <= 2
+
+
+def test_frames_init_image_and_image_prompts(tiny_models):
+    from PIL import Image
+
+    red = Image.new("RGB", (40, 40), (220, 30, 30))
+    settings = SETTINGS.model_copy(update={"steps": 6, "save_every": 2, "init_weight": 0.5})
+    work = item("a red fox", 3, settings).model_copy(
+        update={
+            "init_image": ImagePrompt(source="init.png", digest="x"),
+            "image_prompts": (ImagePrompt(source="style.png", digest="y", weight=0.5),),
+        }
+    )
+    (result,) = generate([work], tiny_models, images={"init.png": red, "style.png": red})
+    assert result.ok and result.image.size == (64, 64)
+    assert len(result.frames) == 2
+    assert any(name.endswith("image:style.png") for name in result.similarity)
+
+
+def test_host_syncs_do_not_grow_with_the_step_count(tiny_models, monkeypatch):
+    """Reading a tensor's value on the host waits for the GPU: the engine does it per batch, never per step."""
+    syncs = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "vqclip" in caller and "site-packages" not in caller:
+                syncs.append(name)
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("item", "tolist", "cpu", "__float__", "__bool__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    counts = []
+    for steps in (2, 6):
+        syncs.clear()
+        generate([item("a red fox", 1, SETTINGS.model_copy(update={"steps": steps}))], tiny_models)
+        counts.append(len(syncs))
+    assert counts[0] == counts[1], counts
+
+
+@pytest.mark.slow
+def test_full_size_architectures_run_one_step_at_256px():
+    from vqclip.models.loader import load_models
+
+    models = load_models("default-random", device="cpu", include_scorer=False)
+    assert models.vqgan.codebook.shape == (16384, 256)
+    settings = GenerationSettings(width=256, height=256, steps=1, cutouts=32)
+    work = WorkItem(prompt_id="p", prompt="a red fox", seed=0, settings=settings, models=models.spec)
+    (result,) = generate([work], models)
+    assert result.ok and result.image.size == (256, 256)

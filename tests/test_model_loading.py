@@ -1,0 +1,197 @@
+"""Weights in the original taming format, served from loopback: download, verify, cache, load, refuse."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import pickle
+import socket
+import sys
+import time
+import types
+
+import pytest
+import torch
+import yaml
+
+from tests.weights_server import WeightServer
+from vqclip.errors import ModelError
+from vqclip.items import ModelSpec
+from vqclip.models import loader, presets
+from vqclip.models.checkpoint import load_state_dict
+from vqclip.models.loader import load_models
+from vqclip.models.presets import RemoteFile, VqganSpec
+from vqclip.models.vqgan import build_vqgan
+
+TINY = presets.VQGANS["tiny_f8"].architecture
+LIGHTNING_MODULE = "pytorch_lightning.callbacks.model_checkpoint"
+
+
+def taming_checkpoint(model: torch.nn.Module) -> bytes:
+    """A checkpoint shaped like the 2020 taming ones: Lightning keys, losses' weights, callbacks by class."""
+
+    class ModelCheckpoint:
+        pass
+
+    ModelCheckpoint.__module__ = LIGHTNING_MODULE
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    fake = types.ModuleType(LIGHTNING_MODULE)
+    fake.ModelCheckpoint = ModelCheckpoint
+    state = dict(model.state_dict())
+    state["loss.discriminator.main.0.weight"] = torch.zeros(4, 3, 4, 4)
+    checkpoint = {
+        "epoch": 3,
+        "global_step": 1000,
+        "pytorch-lightning_version": "1.0.8",
+        "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "last.ckpt"}},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-06}]}],
+        "lr_schedulers": [],
+        "state_dict": state,
+    }
+    buffer = io.BytesIO()
+    sys.modules[LIGHTNING_MODULE] = fake
+    try:
+        torch.save(checkpoint, buffer)
+    finally:
+        del sys.modules[LIGHTNING_MODULE]
+    return buffer.getvalue()
+
+
+def taming_config() -> bytes:
+    params = {
+        **TINY,
+        "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator", "params": {"disc_start": 10000}},
+    }
+    return yaml.safe_dump({"model": {"base_learning_rate": 4.5e-06, "target": "taming.models.vqgan.VQModel", "params": params}}).encode()
+
+
+@pytest.fixture
+def served(monkeypatch, settings):
+    """A trained-looking tiny VQGAN registered as 'served_f8', its files on a loopback server."""
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        reference = build_vqgan(TINY, "taming.models.vqgan.VQModel")
+    ckpt, config = taming_checkpoint(reference), taming_config()
+    with WeightServer() as server:
+        server.files = {"/served.yaml": config, "/mirror/served.ckpt": ckpt}
+        spec = VqganSpec(
+            "served_f8",
+            "test model",
+            "taming.models.vqgan.VQModel",
+            TINY,
+            RemoteFile("served_f8.yaml", (f"{server.url}/served.yaml",)),
+            RemoteFile(
+                "served_f8.ckpt",
+                (f"{server.url}/missing.ckpt", f"{server.url}/mirror/served.ckpt"),
+                hashlib.sha256(ckpt).hexdigest(),
+            ),
+        )
+        monkeypatch.setitem(presets.VQGANS, "served_f8", spec)
+        loader.unload_models()
+        yield server, reference, spec, settings
+        loader.unload_models()
+
+
+def served_spec() -> ModelSpec:
+    return ModelSpec(vqgan="served_f8", guides=(("tiny-clip-a/random", 1.0),), scorer="tiny-clip-b/random")
+
+
+def test_downloads_verifies_caches_and_loads_original_format(served):
+    server, reference, spec, settings = served
+    models = load_models(served_spec(), settings, device="cpu")
+    for key, value in reference.state_dict().items():
+        assert torch.equal(models.vqgan.state_dict()[key], value), key
+    assert (settings.vqgan_cache / "served_f8.ckpt").exists()
+    assert not list(settings.vqgan_cache.glob("*.part"))
+    # the config had no pinned hash: it is recorded and holds for later downloads
+    recorded = (settings.vqgan_cache / "served_f8.yaml.sha256").read_text().strip()
+    assert recorded == hashlib.sha256(server.files["/served.yaml"]).hexdigest()
+
+    fetched = len(server.requests)
+    loader.unload_models()
+    load_models(served_spec(), settings, device="cpu")
+    assert len(server.requests) == fetched, "a cached model must load without any request"
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(served):
+    server, _, spec, settings = served
+    data = server.files["/mirror/served.ckpt"]
+    settings.vqgan_cache.mkdir(parents=True)
+    (settings.vqgan_cache / "served_f8.ckpt.part").write_bytes(data[:1000])
+    load_models(served_spec(), settings, device="cpu")
+    assert ("/mirror/served.ckpt", "bytes=1000-") in server.requests
+    assert (settings.vqgan_cache / "served_f8.ckpt").read_bytes() == data
+
+
+def test_a_corrupted_download_is_rejected_and_leaves_nothing(served):
+    server, _, spec, settings = served
+    good = server.files["/mirror/served.ckpt"]
+    server.files["/mirror/served.ckpt"] = good[:-10] + b"0123456789"
+    with pytest.raises(ModelError, match="corrupted download") as error:
+        load_models(served_spec(), settings, device="cpu")
+    assert str(settings.vqgan_cache / "served_f8.ckpt") in str(error.value)
+    leftovers = [p.name for p in settings.vqgan_cache.iterdir() if p.name.startswith("served_f8.ckpt")]
+    assert leftovers == ["served_f8.ckpt.lock"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["offline-setting", "unreachable-host"])
+def test_missing_weights_fail_fast_naming_the_cache_path_and_urls(served, monkeypatch, how):
+    _, _, spec, settings = served
+    if how == "offline-setting":
+        settings = settings.model_copy(update={"offline": True})
+    else:
+        dead = f"http://127.0.0.1:{_closed_port()}/served.ckpt"
+        monkeypatch.setitem(
+            presets.VQGANS, "served_f8", spec.__class__(**{**spec.__dict__, "checkpoint": RemoteFile("served_f8.ckpt", (dead,))})
+        )
+        settings.vqgan_cache.mkdir(parents=True)
+        (settings.vqgan_cache / "served_f8.yaml").write_bytes(b"model: {}")
+    started = time.monotonic()
+    with pytest.raises(ModelError) as error:
+        load_models(served_spec(), settings, device="cpu")
+    assert time.monotonic() - started < 5
+    message = str(error.value)
+    assert str(settings.vqgan_cache / "served_f8.ckpt") in message
+    assert "served.ckpt" in message and "vqclip fetch-models" in message
+
+
+def test_pretrained_clip_offline_fails_fast_with_hub_url(settings):
+    spec = ModelSpec(vqgan="tiny_f8", guides=(("ViT-B-32/laion2b_s34b_b79k", 1.0),), scorer="tiny-clip-b/random")
+    started = time.monotonic()
+    with pytest.raises(ModelError) as error:
+        load_models(spec, settings.model_copy(update={"offline": True}), device="cpu")
+    assert time.monotonic() - started < 5
+    assert "huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in str(error.value)
+    assert str(settings.clip_cache) in str(error.value)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": {"w": Exploit()}}, protocol=protocol))
+    with pytest.warns(UserWarning) if protocol > 2 else contextlib.nullcontext():
+        with pytest.raises(ModelError, match="refused to load .*could run code") as error:
+            load_state_dict(path)
+    if protocol == 2:
+        assert "posix.system" in str(error.value)
+    assert not marker.exists()
+
+
+def test_unknown_pretrained_tag_lists_the_known_ones(settings):
+    spec = ModelSpec(vqgan="tiny_f8", guides=(("ViT-B-32/not-a-tag", 1.0),), scorer="tiny-clip-b/random")
+    with pytest.raises(ModelError, match="laion2b_s34b_b79k"):
+        load_models(spec, settings, device="cpu")

@@ -1,0 +1,277 @@
+"""Batched VQGAN+CLIP: optimise the latents of many work items at once, each with its own seed and prompts.
+
+The algorithm of the reference implementations: a VQGAN latent starts from random codebook tokens
+(or an encoded init image), is quantised straight-through, decoded and clamped into [0, 1] with a
+gradient that only pulls values back into range; random cutouts are embedded by CLIP and pulled
+towards (or, for negative weights, pushed away from) the prompts' embeddings with a squared
+spherical distance; Adam(W) updates the latent, which is clamped to the codebook's range.
+
+Items never interact: every loss term is per item and summed, the optimiser is element-wise, and
+every random draw comes from the item's own generator. An item therefore gives the same image alone
+or in any batch, up to floating-point noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vqclip.cutouts import make_cutouts
+from vqclip.errors import GenerationError
+from vqclip.items import GenerationSettings, WorkItem
+from vqclip.models.loader import Models
+from vqclip.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class _ClampWithGrad(torch.autograd.Function):
+    """Clamp whose gradient passes only where it would move the value back into range."""
+
+    @staticmethod
+    def forward(ctx, values, low, high):
+        ctx.low, ctx.high = low, high
+        ctx.save_for_backward(values)
+        return values.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (values,) = ctx.saved_tensors
+        outside = values - values.clamp(ctx.low, ctx.high)
+        return grad * (grad * outside >= 0), None, None
+
+
+def _replace_grad(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """Value of `forward`, gradient of `backward`."""
+    return forward.detach() - backward.detach() + backward
+
+
+def vector_quantize(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Snap (..., dim) latents to their nearest code, with a straight-through gradient."""
+    distances = (
+        latents.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * latents @ codebook.T
+    )
+    quantised = codebook[distances.argmin(-1)]
+    return _replace_grad(quantised, latents)
+
+
+def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared great-circle distance between normalised rows of `a` and `b` (broadcasting)."""
+    return (F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+
+
+@dataclass
+class Targets:
+    """Per item, the embeddings to pull towards or push from, padded to the same count."""
+
+    embeds: torch.Tensor  # (batch, parts, dim)
+    weights: torch.Tensor  # (batch, parts); 0 marks padding
+    stops: torch.Tensor  # (batch, parts)
+
+
+@dataclass
+class GenerationResult:
+    """What generating one item produced."""
+
+    item: WorkItem
+    image: Image.Image | None
+    loss: float
+    similarity: dict[str, float]
+    first_similarity: dict[str, float]
+    seconds: float
+    error: str | None = None
+    frames: list[Image.Image] = field(default_factory=list)
+    similarity_history: list[list[float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _shared_settings(items: list[WorkItem]) -> GenerationSettings:
+    settings = items[0].settings
+    if any(item.settings != settings for item in items) or any(item.models != items[0].models for item in items):
+        raise GenerationError("all items of one batch must share settings and models; group them into shards first")
+    return settings
+
+
+def _image_tensor(image: Image.Image, width: int, height: int, device: torch.device) -> torch.Tensor:
+    image = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    return data.permute(2, 0, 1).float().div(255).to(device)
+
+
+def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+    data = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    return [Image.fromarray(array.numpy()) for array in data]
+
+
+def _targets(
+    items: list[WorkItem], clip, images: Mapping[str, Image.Image], device: torch.device
+) -> Targets:
+    """Embed every item's text and image prompts with one guide model."""
+    rows: list[list[tuple[torch.Tensor, float, float]]] = []
+    texts = sorted({part.text for item in items for part in item.parts})
+    text_embeds = dict(zip(texts, clip.embed_text(texts))) if texts else {}
+    for item in items:
+        row = [(text_embeds[p.text], p.weight, p.stop) for p in item.parts]
+        for prompt in item.image_prompts:
+            pixels = _image_tensor(images[prompt.source], clip.image_size, clip.image_size, device)[None]
+            with torch.no_grad():
+                row.append((clip.embed_images(pixels)[0].float(), prompt.weight, -math.inf))
+        rows.append(row)
+    parts = max(len(row) for row in rows)
+    dim = rows[0][0][0].shape[-1]
+    embeds = torch.zeros(len(items), parts, dim, device=device)
+    weights = torch.zeros(len(items), parts, device=device)
+    stops = torch.full((len(items), parts), -math.inf, device=device)
+    for i, row in enumerate(rows):
+        for j, (embed, weight, stop) in enumerate(row):
+            embeds[i, j], weights[i, j], stops[i, j] = embed, weight, stop
+    return Targets(embeds, weights, stops)
+
+
+def _initial_latents(
+    items: list[WorkItem],
+    models: Models,
+    generators: list[torch.Generator],
+    images: Mapping[str, Image.Image],
+    settings: GenerationSettings,
+) -> torch.Tensor:
+    codebook = models.vqgan.codebook
+    rows, cols = settings.height // models.vqgan.factor, settings.width // models.vqgan.factor
+    latents = []
+    for item, generator in zip(items, generators):
+        if item.init_image is not None or settings.init == "noise":
+            if item.init_image is not None:
+                pixels = _image_tensor(images[item.init_image.source], settings.width, settings.height, models.device)
+            else:
+                pixels = torch.rand(3, settings.height, settings.width, generator=generator, device=models.device)
+            with torch.no_grad():
+                latents.append(models.vqgan.encode(pixels[None])[0])
+        else:
+            tokens = torch.randint(codebook.shape[0], (rows * cols,), generator=generator, device=models.device)
+            latents.append(codebook[tokens].view(rows, cols, -1).permute(2, 0, 1))
+    return torch.stack(latents).float()
+
+
+def generate(
+    items: list[WorkItem],
+    models: Models,
+    settings: Settings | None = None,
+    images: Mapping[str, Image.Image] | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[GenerationResult]:
+    """Generate one image per item, optimising the whole batch together on `models.device`.
+
+    `images` maps each image prompt's and init image's `source` to the loaded image. Items whose loss
+    turns non-finite come back with `error` set; the others are unaffected.
+    """
+    runtime = settings or get_settings()
+    images = images or {}
+    gen = _shared_settings(items)
+    factor = models.vqgan.factor
+    if gen.width % factor or gen.height % factor:
+        raise GenerationError(f"size {gen.width}x{gen.height} is not a multiple of the VQGAN factor {factor}")
+    device = models.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and runtime.bf16)
+    started = time.perf_counter()
+    generators = [torch.Generator(device=device).manual_seed(item.seed) for item in items]
+    targets = [(_targets(items, clip, images, device), clip, weight) for clip, weight in models.guides]
+    codebook = models.vqgan.codebook.float()
+    z_min = codebook.min(0).values[None, :, None, None]
+    z_max = codebook.max(0).values[None, :, None, None]
+    z = _initial_latents(items, models, generators, images, gen).requires_grad_(True)
+    z_init = z.detach().clone()
+    optimiser_class = torch.optim.AdamW if gen.optimizer == "adamw" else torch.optim.Adam
+    optimiser = optimiser_class([z], lr=gen.lr)
+    history: list[torch.Tensor] = []
+    frames: list[list[Image.Image]] = []
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        quantised = vector_quantize(latents.movedim(1, 3), codebook).movedim(3, 1)
+        with autocast:
+            decoded = models.vqgan.decode(quantised)
+        return _ClampWithGrad.apply(decoded.float().add(1).div(2), 0.0, 1.0)
+
+    per_item_loss = torch.zeros(len(items), device=device)
+    for step in range(gen.steps):
+        optimiser.zero_grad(set_to_none=True)
+        pixels = decode(z)
+        per_item_loss = torch.zeros(len(items), device=device)
+        similarities = []
+        for target, clip, guide_weight in targets:
+            cutouts = make_cutouts(
+                pixels, generators, gen.cutouts, clip.image_size, gen.cut_pow, gen.augment, gen.noise_fac
+            )
+            with autocast:
+                embeds = clip.embed_images(cutouts)
+            embeds = embeds.float().view(len(items), gen.cutouts, 1, -1)
+            distances = spherical_distance(embeds, target.embeds[:, None])  # (batch, cutouts, parts)
+            signed = distances * target.weights.sign()[:, None]
+            capped = _replace_grad(torch.maximum(signed, target.stops[:, None]), signed)
+            per_item_loss = per_item_loss + guide_weight * (target.weights.abs() * capped.mean(1)).sum(1)
+            with torch.no_grad():
+                cosine = F.cosine_similarity(embeds.mean(1), target.embeds, dim=-1)
+                similarities.append(cosine)
+        if gen.init_weight:
+            per_item_loss = per_item_loss + gen.init_weight * (z - z_init).pow(2).mean((1, 2, 3)) / 2
+        per_item_loss.sum().backward()
+        optimiser.step()
+        with torch.no_grad():
+            z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+        history.append(torch.cat(similarities, dim=1).detach())
+        if gen.save_every and (step + 1) % gen.save_every == 0 and step + 1 < gen.steps:
+            with torch.no_grad():
+                frames.append(_to_pil(decode(z)))
+        if progress:
+            progress(step + 1, gen.steps)
+
+    with torch.no_grad():
+        final = _to_pil(decode(z))
+    trace = torch.stack(history).cpu()  # (steps, batch, guide parts); one host sync per batch
+    losses = per_item_loss.detach().cpu()
+    finite = torch.isfinite(losses) & torch.isfinite(z.detach()).flatten(1).all(1).cpu()
+    seconds = (time.perf_counter() - started) / len(items)
+    labels = _similarity_labels(items, models)
+    results = []
+    for i, item in enumerate(items):
+        named = labels[i]
+        error = None if finite[i] else f"loss became non-finite ({losses[i].item()}) at learning rate {gen.lr}"
+        results.append(
+            GenerationResult(
+                item=item,
+                image=final[i] if error is None else None,
+                loss=float(losses[i]),
+                similarity={name: float(trace[-1, i, j]) for j, name in named},
+                first_similarity={name: float(trace[0, i, j]) for j, name in named},
+                seconds=seconds,
+                error=error,
+                frames=[frame[i] for frame in frames],
+                similarity_history=[trace[:, i, j].tolist() for j, _ in named],
+            )
+        )
+    return results
+
+
+def _similarity_labels(items: list[WorkItem], models: Models) -> list[list[tuple[int, str]]]:
+    """For each item, (column in the similarity trace, 'guide: prompt part') pairs."""
+    labels = []
+    for item in items:
+        names = [p.text for p in item.parts] + [f"image:{p.source}" for p in item.image_prompts]
+        columns, offset = [], 0
+        for clip, _ in models.guides:
+            width = max(len(i.parts) + len(i.image_prompts) for i in items)
+            columns += [(offset + j, f"{clip.name}: {name}") for j, name in enumerate(names)]
+            offset += width
+        labels.append(columns)
+    return labels

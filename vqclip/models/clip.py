@@ -1,0 +1,122 @@
+"""CLIP models through open_clip: pretrained tags resolved to cached files, or deterministic random weights."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.constants import HF_WEIGHTS_NAME
+from open_clip.model import CLIP
+from torch import nn
+
+from vqclip.errors import ModelError
+from vqclip.models.download import Wanted
+from vqclip.models.presets import RANDOM, TINY_CLIPS, RemoteFile, split_clip_name
+from vqclip.settings import Settings
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+RANDOM_WEIGHTS_SEED = 20211
+
+
+@dataclass
+class ClipModel:
+    """A CLIP model with what generation and scoring need beside it."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+    image_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Map images in [0, 1] to the model's input statistics."""
+        return (images - self.mean.to(images)[:, None, None]) / self.std.to(images)[:, None, None]
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings (not normalised), one row per text."""
+        device = next(self.model.parameters()).device
+        return self.model.encode_text(self.tokenizer(texts).to(device)).float()
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings of images in [0, 1] already at `image_size` (keeps the graph for gradients)."""
+        return self.model.encode_image(self.normalize(images))
+
+
+def _pretrained_cfg(model: str, tag: str) -> dict:
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        known = ", ".join(tags) if tags else "none (check the model name with `open_clip.list_models()`)"
+        raise ModelError(
+            f"CLIP {model}/{tag}: {tag!r} is not a pretrained tag of {model} nor an existing weight file; "
+            f"known tags: {known}; or '{RANDOM}' for random weights"
+        )
+    return cfg
+
+
+def clip_weight_file(name: str, settings: Settings) -> Wanted | Path | None:
+    """Where a CLIP model's weights come from: a cached or local Path, a Wanted download, or None (random)."""
+    model, tag = split_clip_name(name)
+    if tag == RANDOM:
+        return None
+    if model in TINY_CLIPS:
+        raise ModelError(f"{model} has no trained weights; write it as '{model}/{RANDOM}'")
+    if os.path.isfile(tag):
+        return Path(tag)
+    cfg = _pretrained_cfg(model, tag)
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        remote = RemoteFile(filename, (f"{endpoint}/{repo}/resolve/main/{filename}",))
+        return Wanted(remote, settings.clip_cache / repo.replace("/", "--"))
+    url = cfg["url"]
+    return Wanted(RemoteFile(url.rsplit("/", 1)[-1], (url,)), settings.clip_cache / model)
+
+
+def _random_clip(model: str) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        if model in TINY_CLIPS:
+            return CLIP(**TINY_CLIPS[model])
+        return open_clip.create_model(model, pretrained=None)
+
+
+def build_clip(name: str, weights: Path | None, device: torch.device) -> ClipModel:
+    """Build a CLIP model from its weight file (None: deterministic random weights), in eval mode."""
+    model_name, tag = split_clip_name(name)
+    mean, std = OPENAI_MEAN, OPENAI_STD
+    if weights is None:
+        model = _random_clip(model_name)
+    else:
+        cfg = {} if os.path.isfile(tag) else _pretrained_cfg(model_name, tag)
+        mean, std = cfg.get("mean", mean), cfg.get("std", std)
+        try:
+            model = open_clip.create_model(
+                model_name, pretrained=str(weights), force_quick_gelu=bool(cfg.get("quick_gelu", False))
+            )
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ModelError(f"could not load CLIP {name} from {weights}: {exc}") from None
+    model = model.to(device).eval().requires_grad_(False)
+    tokenizer_name = "ViT-B-32" if model_name in TINY_CLIPS else model_name
+    image_size = model.visual.image_size
+    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
+    return ClipModel(
+        name=name,
+        model=model,
+        tokenizer=open_clip.get_tokenizer(tokenizer_name),
+        image_size=int(image_size),
+        mean=torch.tensor(mean, device=device),
+        std=torch.tensor(std, device=device),
+    )

@@ -1,0 +1,183 @@
+"""Weight files: cached, downloaded resumably and atomically, verified by sha256, offline-safe.
+
+A file is in the cache exactly when its final name exists: downloads go to a `.part` file that is
+renamed into place only after its checksum is checked. A sha256 not pinned in the registry is
+recorded beside the file on first download and checked on every later download of the same file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from vqclip.errors import ModelError
+from vqclip.models.presets import RemoteFile
+from vqclip.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 60.0
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A remote file and the cache folder it belongs in."""
+
+    remote: RemoteFile
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.remote.filename
+
+
+def offline(settings: Settings) -> bool:
+    """True when the network must not be touched (VQCLIP_OFFLINE or HF_HUB_OFFLINE)."""
+    return settings.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _recorded_sha(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def expected_sha256(wanted: Wanted) -> str | None:
+    """The pinned sha256, else the one recorded at first download, else None."""
+    if wanted.remote.sha256:
+        return wanted.remote.sha256
+    recorded = _recorded_sha(wanted.path)
+    return recorded.read_text().strip() if recorded.exists() else None
+
+
+@contextmanager
+def _lock(path: Path):
+    """Serialise downloads of one file across processes sharing the cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _ChecksumMismatch(Exception):
+    pass
+
+
+def _download(url: str, wanted: Wanted, connect_timeout: float, progress: Progress) -> None:
+    """Fetch `url` into the cache, resuming a `.part` file left by an earlier attempt."""
+    part = wanted.path.with_name(wanted.path.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(url, headers=headers, stream=True, timeout=(connect_timeout, READ_TIMEOUT)) as response:
+        if response.status_code == 416:
+            have = 0
+            part.unlink(missing_ok=True)
+            return _download(url, wanted, connect_timeout, progress)
+        response.raise_for_status()
+        if response.status_code != 206:
+            have = 0
+        total = int(response.headers.get("Content-Length", 0)) + have or None
+        task = progress.add_task(wanted.remote.filename, total=total, completed=have)
+        with part.open("ab" if have else "wb") as handle:
+            for chunk in response.iter_content(CHUNK):
+                handle.write(chunk)
+                progress.advance(task, len(chunk))
+            handle.flush()
+            os.fsync(handle.fileno())
+    actual = sha256_of(part)
+    expected = expected_sha256(wanted)
+    if expected and actual != expected:
+        part.unlink()
+        raise _ChecksumMismatch(f"sha256 {actual} where {expected} was expected; the download was discarded")
+    if not expected:
+        _recorded_sha(wanted.path).write_text(actual + "\n")
+    os.replace(part, wanted.path)
+
+
+def _reason(exc: Exception) -> str:
+    """A one-line cause for a failed download, without the connection pool's retry chatter."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason}"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        for marker in ("Failed to resolve", "Connection refused", "Network is unreachable", "No route to host"):
+            if marker in text:
+                return f"cannot connect: {marker.lower()}"
+        return "cannot connect"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _missing_message(failed: list[tuple[Wanted, list[str]]]) -> str:
+    lines = ["model weights are missing from the cache and could not be downloaded:"]
+    for wanted, reasons in failed:
+        lines.append(f"  {wanted.remote.filename}: put it at {wanted.path}")
+        lines.extend(f"    from {url}" for url in wanted.remote.urls)
+        lines.extend(f"    ({reason})" for reason in reasons)
+    lines.append(
+        "On a machine with internet, run `vqclip fetch-models PRESET` and copy the cache folder "
+        "(VQCLIP_CACHE_DIR) here; or use `--preset tiny` for an offline smoke run."
+    )
+    return "\n".join(lines)
+
+
+def ensure_files(files: list[Wanted], settings: Settings) -> None:
+    """Make sure every file is in the cache, downloading what is missing; one error names all failures.
+
+    Reaching the hosts shares one connect budget (`settings.connect_timeout`), so an unreachable
+    network fails within seconds instead of retrying.
+    """
+    missing = [w for w in files if not w.path.exists()]
+    if not missing:
+        return
+    if offline(settings):
+        raise ModelError(_missing_message([(w, ["offline mode: the network was not tried"]) for w in missing]))
+    deadline = time.monotonic() + settings.connect_timeout
+    failed: list[tuple[Wanted, list[str]]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, transient=True) as progress:
+        for wanted in missing:
+            reasons = []
+            with _lock(wanted.path):
+                if wanted.path.exists():
+                    continue
+                for url in wanted.remote.urls:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        reasons.append(f"{url}: not tried, no time left to connect")
+                        continue
+                    try:
+                        _download(url, wanted, remaining, progress)
+                        log.info("downloaded %s from %s", wanted.path, url)
+                        break
+                    except _ChecksumMismatch as exc:
+                        reasons.append(f"{url}: corrupted download: {exc}")
+                    except (requests.RequestException, OSError) as exc:
+                        reasons.append(f"{url}: {_reason(exc)}")
+                else:
+                    failed.append((wanted, reasons))
+                    continue
+            deadline = time.monotonic() + settings.connect_timeout
+    if failed:
+        raise ModelError(_missing_message(failed))

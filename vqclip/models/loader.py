@@ -1,0 +1,129 @@
+"""Model loading: one call, a preset or model spec in, ready models out (kept per process)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vqclip.items import ModelSpec, models_for_preset
+from vqclip.models.clip import ClipModel, build_clip, clip_weight_file
+from vqclip.models.download import Wanted, ensure_files
+from vqclip.models.presets import RANDOM, get_vqgan_spec, split_clip_name
+from vqclip.models.vqgan import VQGAN, build_vqgan, load_vqgan
+from vqclip.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_SEED = 1207
+_LOADED: dict[tuple[str, str], object] = {}
+
+
+@dataclass
+class Models:
+    """Everything one process needs to generate and score images for one ModelSpec."""
+
+    spec: ModelSpec
+    vqgan: VQGAN
+    guides: list[tuple[ClipModel, float]]
+    scorer: ClipModel | None
+    device: torch.device
+
+    @property
+    def synthetic(self) -> bool:
+        """True when images come from untrained weights: say so wherever they appear."""
+        return self.spec.synthetic
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _clip_name(name: str, random_weights: bool) -> str:
+    model, _ = split_clip_name(name)
+    return f"{model}/{RANDOM}" if random_weights else name
+
+
+def required_files(spec: ModelSpec, settings: Settings, include_scorer: bool = True) -> list[Wanted]:
+    """The weight files `spec` needs that have to come from the cache (downloaded if missing)."""
+    wanted: list[Wanted] = []
+    vq = get_vqgan_spec(spec.vqgan)
+    if not spec.random_weights and vq.checkpoint is not None:
+        wanted += [Wanted(vq.config, settings.vqgan_cache), Wanted(vq.checkpoint, settings.vqgan_cache)]
+    names = [name for name, _ in spec.guides] + ([spec.scorer] if include_scorer else [])
+    for name in names:
+        source = clip_weight_file(_clip_name(name, spec.random_weights), settings)
+        if isinstance(source, Wanted) and source not in wanted:
+            wanted.append(source)
+    return wanted
+
+
+def _vqgan(spec: ModelSpec, settings: Settings, device: torch.device) -> VQGAN:
+    vq = get_vqgan_spec(spec.vqgan)
+    key = (f"vqgan:{vq.name}:{'random' if spec.random_weights or vq.synthetic else 'trained'}", str(device))
+    if key not in _LOADED:
+        if spec.random_weights or vq.checkpoint is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                model = build_vqgan(vq.architecture, vq.target)
+                # taming initialises codes in +-1/n_embed, which leaves a random model no room to move.
+                torch.nn.init.normal_(model.codebook)
+        else:
+            model = load_vqgan(settings.vqgan_cache / vq.config.filename, settings.vqgan_cache / vq.checkpoint.filename)
+        _LOADED[key] = model.to(device).eval().requires_grad_(False)
+    return _LOADED[key]
+
+
+def _clip(name: str, settings: Settings, device: torch.device) -> ClipModel:
+    key = (f"clip:{name}", str(device))
+    if key not in _LOADED:
+        source = clip_weight_file(name, settings)
+        path = source.path if isinstance(source, Wanted) else source
+        _LOADED[key] = build_clip(name, path, device)
+    return _LOADED[key]
+
+
+def load_models(
+    spec: ModelSpec | str,
+    settings: Settings | None = None,
+    device: torch.device | str | None = None,
+    include_scorer: bool = True,
+) -> Models:
+    """Fetch (if needed) and build the VQGAN, guiding CLIPs and scoring CLIP of a preset or spec.
+
+    Models are kept for the life of the process, so later calls with the same spec are free.
+    """
+    settings = settings or get_settings()
+    spec = models_for_preset(spec) if isinstance(spec, str) else spec
+    device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
+    ensure_files(required_files(spec, settings, include_scorer), settings)
+    guides = [(_clip(_clip_name(name, spec.random_weights), settings, device), weight) for name, weight in spec.guides]
+    scorer = _clip(_clip_name(spec.scorer, spec.random_weights), settings, device) if include_scorer else None
+    return Models(spec=spec, vqgan=_vqgan(spec, settings, device), guides=guides, scorer=scorer, device=device)
+
+
+def load_scorer(name: str, settings: Settings | None = None, device: torch.device | str | None = None) -> ClipModel:
+    """Fetch (if needed) and build one CLIP model for scoring."""
+    settings = settings or get_settings()
+    device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
+    source = clip_weight_file(name, settings)
+    if isinstance(source, Wanted):
+        ensure_files([source], settings)
+    return _clip(name, settings, device)
+
+
+def cached_files(spec: ModelSpec, settings: Settings) -> list[tuple[Path, bool]]:
+    """Each weight file `spec` needs, and whether it is already in the cache."""
+    return [(w.path, w.path.exists()) for w in required_files(spec, settings)]
+
+
+def unload_models() -> None:
+    """Forget every model this process loaded (tests; freeing memory)."""
+    _LOADED.clear()
+
+

@@ -1,0 +1,92 @@
+"""VQGAN built from `taming.modules`, with attribute names that match the original checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+import yaml
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
+from torch import nn
+
+from vqclip.errors import ModelError
+from vqclip.models.checkpoint import load_state_dict
+
+GUMBEL_TARGET = "taming.models.vqgan.GumbelVQ"
+NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
+
+
+class VQGAN(nn.Module):
+    """Encoder, quantiser and decoder of a taming VQGAN, without its training losses."""
+
+    def __init__(self, params: dict, gumbel: bool = False) -> None:
+        super().__init__()
+        ddconfig = params["ddconfig"]
+        embed_dim, n_embed = params["embed_dim"], params["n_embed"]
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        if gumbel:
+            self.quantize = GumbelQuantize(
+                ddconfig["z_channels"], embed_dim, n_embed=n_embed, kl_weight=params.get("kl_weight", 1e-8)
+            )
+        else:
+            self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25)
+        self.quant_conv = nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        self.factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The code vectors, shape (n_embed, embed_dim)."""
+        embedding = self.quantize.embed if isinstance(self.quantize, GumbelQuantize) else self.quantize.embedding
+        return embedding.weight
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Continuous latents (before quantisation) of images in [0, 1]."""
+        return self.quant_conv(self.encoder(images * 2 - 1))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Images in roughly [-1, 1] from quantised latents."""
+        return self.decoder(self.post_quant_conv(z_q))
+
+
+def read_config(path: Path) -> tuple[dict, str]:
+    """Read a taming YAML config; return the VQGAN's `params` and the checkpoint key prefix."""
+    try:
+        config = yaml.safe_load(path.read_text())
+        target = config["model"]["target"]
+        params = config["model"]["params"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path} is not a taming VQGAN config (model.target, model.params): {exc}") from None
+    if target == NET2NET_TARGET:
+        stage = params["first_stage_config"]
+        return {**stage["params"], "target": stage["target"]}, "first_stage_model."
+    return {**params, "target": target}, ""
+
+
+def build_vqgan(params: dict, target: str) -> VQGAN:
+    """A VQGAN with fresh weights for the given `model.params` and `model.target`."""
+    # taming's Decoder prints the latent shape on construction; keep stdout clean for the CLI.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return VQGAN(params, gumbel=target == GUMBEL_TARGET)
+
+
+def load_vqgan(config_path: Path, checkpoint_path: Path) -> VQGAN:
+    """Build a VQGAN from a taming config and load its checkpoint (losses' weights are skipped)."""
+    params, prefix = read_config(config_path)
+    model = build_vqgan(params, params["target"])
+    state = load_state_dict(checkpoint_path, prefix=prefix)
+    missing = [key for key in model.state_dict() if key not in state]
+    if missing:
+        raise ModelError(
+            f"{checkpoint_path} does not match {config_path}: {len(missing)} weights missing "
+            f"(first: {', '.join(missing[:3])}); fetch the matching pair again"
+        )
+    try:
+        model.load_state_dict({key: state[key] for key in model.state_dict()})
+    except RuntimeError as exc:
+        raise ModelError(f"{checkpoint_path} does not match {config_path}: {exc}") from None
+    return model

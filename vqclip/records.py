@@ -1,0 +1,120 @@
+"""The metadata records a run writes: image sidecars, the run index and the ranking."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from vqclip import __version__
+from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, WorkItem
+
+SYNTHETIC_LABEL = "synthetic: untrained random weights (test/smoke preset), not a real generation"
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def item_settings(item: WorkItem) -> dict:
+    """Everything that made an item's pixels, as plain JSON (embedded in its PNG and sidecar)."""
+    return {
+        "item_id": item.item_id,
+        "prompt_id": item.prompt_id,
+        "index": item.index,
+        "prompt": item.prompt,
+        "parts": [{"text": p.text, "weight": p.weight, "stop": p.stop if p.stop != float("-inf") else None} for p in item.parts],
+        "seed": item.seed,
+        "width": item.settings.width,
+        "height": item.settings.height,
+        "steps": item.settings.steps,
+        "settings": item.settings.model_dump(mode="json"),
+        "models": item.models.model_dump(mode="json"),
+        "image_prompts": [p.model_dump(mode="json") for p in item.image_prompts],
+        "init_image": item.init_image.model_dump(mode="json") if item.init_image else None,
+        "engine": f"vqclip {__version__}",
+        "synthetic": SYNTHETIC_LABEL if item.models.synthetic else None,
+    }
+
+
+class ItemRecord(BaseModel):
+    """The sidecar of one image: written after the PNG, it marks the item done."""
+
+    item_id: str
+    prompt_id: str
+    index: int
+    prompt: str
+    seed: int
+    settings: GenerationSettings
+    models: ModelSpec
+    image_prompts: list[ImagePrompt] = []
+    init_image: ImagePrompt | None = None
+    image_key: str
+    engine: str = f"vqclip {__version__}"
+    synthetic: str | None = None
+    loss: float
+    guide_similarity: dict[str, float]
+    first_guide_similarity: dict[str, float]
+    seconds: float
+    device: str
+    attempt: int = 1
+    lr_used: float
+    score: float | None = None
+    scorer: str | None = None
+    created_at: str = Field(default_factory=utc_now)
+
+
+ItemState = Literal["done", "failed", "pending"]
+
+
+class IndexEntry(BaseModel):
+    """One item's line in the run index."""
+
+    item_id: str
+    prompt_id: str
+    index: int
+    seed: int
+    state: ItemState
+    image_key: str | None = None
+    sidecar_key: str | None = None
+    score: float | None = None
+    rank: int | None = None
+    error: str | None = None
+
+
+class RunIndex(BaseModel):
+    """`runs/<run-id>/index.json`: every item of the run and its state."""
+
+    run_id: str
+    manifest: str
+    created_at: str = Field(default_factory=utc_now)
+    complete: bool
+    counts: dict[str, int]
+    items: list[IndexEntry]
+
+
+class RankedImage(BaseModel):
+    """An image in the ranking of its prompt."""
+
+    rank: int
+    item_id: str
+    score: float
+    image_key: str
+
+
+class PromptRanking(BaseModel):
+    """The images of one prompt, best first."""
+
+    prompt_id: str
+    prompt: str
+    images: list[RankedImage]
+
+
+class Ranking(BaseModel):
+    """`runs/<run-id>/ranking.json`."""
+
+    run_id: str
+    scorer: str
+    prompts: list[PromptRanking]
