@@ -18,10 +18,7 @@ os.environ.update(
     }
 )
 
-try:
-    from tests.s3fixtures import s3_bucket, seaweedfs  # noqa: E402,F401
-except ImportError:  # TEMP while storage lands
-    pass
+from tests.s3fixtures import s3_bucket, seaweedfs  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

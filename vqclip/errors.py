@@ -25,5 +25,9 @@ class PermanentStorageError(StorageError):
     """A storage failure that retrying cannot fix (bad credentials, missing bucket)."""
 
 
+class ObjectNotFound(StorageError):
+    """No object exists under the requested key."""
+
+
 class GenerationError(VqclipError):
     """Generation of an item failed (non-finite loss, out of memory)."""
