@@ -117,6 +117,16 @@ def test_host_syncs_do_not_grow_with_the_step_count(tiny_models, monkeypatch):
     assert counts[0] == counts[1], counts
 
 
+def test_bf16_autocast_runs_and_repeats_for_the_same_batch(tiny_models):
+    from vqclip.settings import Settings
+
+    runtime = Settings(bf16=True)
+    batch = [item("a red fox", 1), item("snow", 2)]
+    first, second = generate(batch, tiny_models, runtime), generate(batch, tiny_models, runtime)
+    assert all(r.ok for r in first)
+    assert np.abs(pixels(first[0]) - pixels(second[0])).max() <= 2
+
+
 @pytest.mark.slow
 def test_full_size_architectures_run_one_step_at_256px():
     from vqclip.models.loader import load_models

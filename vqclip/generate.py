@@ -97,6 +97,15 @@ class GenerationResult:
         return self.error is None
 
 
+def bf16_enabled(device: torch.device, settings: Settings) -> bool:
+    """bf16 autocast for the decoder and CLIP: on CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX)."""
+    if not settings.bf16:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _shared_settings(items: list[WorkItem]) -> GenerationSettings:
     settings = items[0].settings
     if any(item.settings != settings for item in items) or any(item.models != items[0].models for item in items):
@@ -183,7 +192,7 @@ def generate(
     if gen.width % factor or gen.height % factor:
         raise GenerationError(f"size {gen.width}x{gen.height} is not a multiple of the VQGAN factor {factor}")
     device = models.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and runtime.bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device, runtime))
     started = time.perf_counter()
     generators = [torch.Generator(device=device).manual_seed(item.seed) for item in items]
     targets = [(_targets(items, clip, images, device), clip, weight) for clip, weight in models.guides]

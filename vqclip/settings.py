@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="Never touch the network; missing weights fail at once.")
     connect_timeout: float = Field(4.0, gt=0, description="Seconds to reach a weight host before giving up.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
-    bf16: bool = Field(True, description="bf16 autocast for the CLIP encoders and the VQGAN decoder on CUDA.")
+    bf16: bool = Field(
+        False,
+        description="bf16 autocast for CLIP and the VQGAN decoder (CUDA, and CPUs with native bf16): faster, "
+        "but an item's pixels then depend on which items share its batch.",
+    )
     storage: str = Field("./vqclip-output", description="Output store: a folder, file://..., or s3://bucket/prefix.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (SeaweedFS, MinIO...).")
     s3_path_style: bool = Field(True, description="Path-style addressing (needed by most self-hosted S3 stores).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,12 @@ def _random_clip(model: str) -> nn.Module:
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         if model in TINY_CLIPS:
             return CLIP(**TINY_CLIPS[model])
-        return open_clip.create_model(model, pretrained=None)
+        # open_clip warns on the root logger that no weights were loaded: here that is the point.
+        logging.disable(logging.WARNING)
+        try:
+            return open_clip.create_model(model, pretrained=None)
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def build_clip(name: str, weights: Path | None, device: torch.device) -> ClipModel:
