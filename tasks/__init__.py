@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over the engine, with retries declared on the decorator."""

@@ -38,3 +38,12 @@ def settings(tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield Settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect API server (temporary database) for the whole session, stopped cleanly at its end."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -142,6 +143,142 @@ def fetch_models(preset: Annotated[str, typer.Argument(help="Preset whose weight
     for wanted in files:
         console.print(f"cached {wanted.path}")
     console.print(f"preset {preset}: all weights in {settings.cache_dir}")
+
+
+def _load_plan(manifest: str, storage: str, preset: Optional[str]):
+    """Read and fully validate a manifest; return its bytes, name, parsed form and work items."""
+    from vqclip.manifest import load_manifest
+    from vqclip.runs import read_manifest_source
+    from vqclip.storage import open_store
+
+    data, name, base_dir = read_manifest_source(manifest)
+    parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
+    store = open_store(storage) if any(s.startswith("store:") for s in parsed.sources()) else None
+    items = parsed.plan(read_source=(lambda source: store.get_bytes(source[len("store:") :])) if store else None)
+    return data, name, parsed, items
+
+
+@app.command()
+def validate(
+    manifest: Annotated[str, typer.Argument(help="Manifest path or s3://bucket/key.")],
+    preset: Annotated[Optional[str], typer.Option(help="Override the manifest's preset.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Store that `store:` image paths refer to.")] = None,
+) -> None:
+    """Check a manifest and print the plan it expands to (exit 1 on errors)."""
+    from vqclip.manifest import describe_plan
+    from vqclip.settings import get_settings
+
+    with user_errors():
+        _, name, parsed, items = _load_plan(manifest, storage or get_settings().storage, preset)
+        plan = describe_plan(items, parsed.batch_size)
+    table = Table(title=f"{name}: {plan['images']} images, {plan['shards']} shards, {plan['steps']} optimisation steps")
+    for column in ("prompt", "images", "size", "steps", "models"):
+        table.add_column(column)
+    for row in plan["prompts"]:
+        table.add_row(row["prompt_id"] + ": " + row["prompt"], str(row["images"]), row["size"], str(row["steps"]), row["models"])
+    console.print(table)
+
+
+def _summary_table(storage: str, run_id: str) -> Table:
+    from vqclip import layout
+    from vqclip.records import Ranking
+    from vqclip.runs import load_index
+    from vqclip.storage import open_store
+
+    store = open_store(storage)
+    index = load_index(store, run_id)
+    try:
+        ranking = Ranking.model_validate_json(store.get_bytes(layout.ranking_key(run_id)))
+    except VqclipError:
+        ranking = None
+    counts = ", ".join(f"{n} {state}" for state, n in index.counts.items() if n)
+    table = Table(title=f"run {run_id}: {counts}")
+    for column in ("prompt", "best image", "best score", "images"):
+        table.add_column(column)
+    for prompt in ranking.prompts if ranking else []:
+        best = prompt.images[0]
+        table.add_row(f"{prompt.prompt_id}: {prompt.prompt}", store.url(best.image_key), f"{best.score:.2f}", str(len(prompt.images)))
+    return table
+
+
+@app.command()
+def run(
+    manifest: Annotated[str, typer.Argument(help="Manifest path or s3://bucket/key.")],
+    storage: Annotated[Optional[str], typer.Option(help="Output: a folder, file://..., or s3://bucket/prefix.")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Resume (or name) this run.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Override the manifest's preset.")] = None,
+) -> None:
+    """Run a manifest end to end in this process (Prefect's ephemeral API; no server needed)."""
+    if not _state["debug"]:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from vqclip import layout
+    from vqclip.runs import new_run_id
+    from vqclip.settings import get_settings
+    from vqclip.storage import open_store
+
+    storage = storage or get_settings().storage
+    with user_errors():
+        data, name, parsed, items = _load_plan(manifest, storage, preset)
+        run_id = layout.check_run_id(run_id or new_run_id(name, data))
+        store = open_store(storage)
+    console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}")
+
+    from flows.batch import batch_generate
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
+        task = bar.add_task("images", total=len(items))
+        watcher = _ProgressWatcher(store, run_id, lambda done: bar.update(task, completed=done))
+        with watcher, user_errors():
+            state = batch_generate(manifest=manifest, storage=storage, run_id=run_id, preset=preset, return_state=True)
+    with user_errors():
+        console.print(_summary_table(storage, run_id))
+    if not state.is_completed():
+        errors.print(f"[bold red]run {run_id} did not finish:[/] {state.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"all {len(items)} images done; gallery: {store.url(layout.gallery_key(run_id))}")
+
+
+class _ProgressWatcher:
+    """Counts committed sidecars in the store from a background thread, for the progress bar."""
+
+    def __init__(self, store, run_id: str, report) -> None:
+        self._store, self._run_id, self._report = store, run_id, report
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _count(self) -> None:
+        from vqclip import layout
+
+        try:
+            keys = self._store.list(layout.items_prefix(self._run_id))
+        except VqclipError:
+            return
+        self._report(sum(key.endswith(".json") for key in keys))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            self._count()
+
+    def __enter__(self) -> "_ProgressWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._count()
+
+
+@app.command()
+def show(
+    run_id: Annotated[str, typer.Argument(help="The run to summarise.")],
+    storage: Annotated[Optional[str], typer.Option(help="Where the run's outputs are.")] = None,
+) -> None:
+    """Summarise a run from storage: best image and score per prompt."""
+    from vqclip.settings import get_settings
+
+    with user_errors():
+        console.print(_summary_table(storage or get_settings().storage, run_id))
 
 
 def main() -> None:

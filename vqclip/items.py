@@ -132,6 +132,11 @@ class WorkItem(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:20]
 
     @property
+    def inputs(self) -> list[ImagePrompt]:
+        """Every image this item reads: its image prompts and its init image."""
+        return list(self.image_prompts) + ([self.init_image] if self.init_image else [])
+
+    @property
     def shard_key(self) -> tuple[str, str]:
         """Items with equal shard keys can share one batch."""
         return (

@@ -1,0 +1,80 @@
+"""The generation task: one shard of work items in, committed images and sidecars out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.retry import transient_only
+from vqclip import generate as engine
+from vqclip.items import WorkItem
+from vqclip.models.loader import load_models
+from vqclip.runs import commit_result, pending_items, read_inputs
+from vqclip.storage import open_store
+
+
+@dataclass
+class ShardOutcome:
+    """What became of a shard's items."""
+
+    done: list[str]
+    failed: dict[str, str]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_items(items: list[WorkItem], models, store, run_id: str, logger) -> ShardOutcome:
+    """Generate and commit `items`; halve the batch on out-of-memory, retry non-finite items once at half lr."""
+    outcome = ShardOutcome(done=[], failed={})
+    try:
+        results = engine.generate(items, models, images=read_inputs(store, run_id, items))
+    except Exception as exc:
+        if not _is_out_of_memory(exc) or len(items) == 1:
+            raise
+        half = len(items) // 2
+        logger.warning("out of memory with %d items; retrying as %d + %d", len(items), half, len(items) - half)
+        if models.device.type == "cuda":
+            torch.cuda.empty_cache()
+        first, second = run_items(items[:half], models, store, run_id, logger), run_items(items[half:], models, store, run_id, logger)
+        return ShardOutcome(first.done + second.done, {**first.failed, **second.failed})
+    for item, result in zip(items, results):
+        attempt = 1
+        if not result.ok:
+            slower = item.settings.model_copy(update={"lr": item.settings.lr / 2})
+            logger.warning("item %s: %s; restarting it from its seed at lr %g", item.item_id, result.error, slower.lr)
+            (result,) = engine.generate([item.model_copy(update={"settings": slower})], models, images=read_inputs(store, run_id, [item]))
+            attempt = 2
+        if result.ok:
+            commit_result(store, run_id, item, result, str(models.device), attempt)
+            outcome.done.append(item.item_id)
+        else:
+            outcome.failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"
+    return outcome
+
+
+@task(
+    name="generate-shard",
+    retries=3,
+    retry_delay_seconds=[2, 5, 10],
+    retry_condition_fn=transient_only,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOutcome:
+    """Generate the shard's items that are not done yet and commit each (PNG first, sidecar last)."""
+    logger = get_run_logger()
+    store = open_store(storage)
+    todo = pending_items(store, run_id, items)
+    if not todo:
+        logger.info("all %d items already done", len(items))
+        return ShardOutcome(done=[i.item_id for i in items], failed={})
+    models = load_models(todo[0].models, include_scorer=False)
+    logger.info("generating %d of %d items on %s", len(todo), len(items), models.device)
+    outcome = run_items(todo, models, store, run_id, logger)
+    already = [i.item_id for i in items if i not in todo]
+    return ShardOutcome(done=already + outcome.done, failed=outcome.failed)

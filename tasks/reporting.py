@@ -1,0 +1,82 @@
+"""Reporting tasks: index, ranking, contact sheets and gallery in the store; artifacts in the Prefect UI."""
+
+from __future__ import annotations
+
+import io
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.retry import transient_only
+from vqclip import layout
+from vqclip.images import decode_image
+from vqclip.items import WorkItem
+from vqclip.records import ItemRecord, Ranking, RunIndex
+from vqclip.report import contact_sheet, gallery_html
+from vqclip.runs import build_index, build_ranking, put_json
+from vqclip.storage import open_store
+
+
+@task(name="write-reports", retries=3, retry_delay_seconds=[2, 5, 10], retry_condition_fn=transient_only, cache_policy=NO_CACHE, persist_result=False)
+def write_reports(
+    storage: str,
+    run_id: str,
+    manifest: str,
+    items: list[WorkItem],
+    records: dict[str, ItemRecord],
+    failures: dict[str, str],
+    scorer: str,
+) -> tuple[RunIndex, Ranking]:
+    """Write ranking.json, a contact sheet per prompt, gallery.html and, last, index.json."""
+    store = open_store(storage)
+    planned = {item.item_id for item in items}
+    records = {k: v for k, v in records.items() if k in planned}
+    ranking = build_ranking(run_id, records, scorer)
+    put_json(store, layout.ranking_key(run_id), ranking)
+    for prompt in ranking.prompts:
+        thumbs = [
+            (decode_image(store.get_bytes(image.image_key)), f"#{image.rank} {image.score:.1f} seed {records[image.item_id].seed}")
+            for image in prompt.images
+        ]
+        buffer = io.BytesIO()
+        contact_sheet(thumbs, f"{prompt.prompt_id}: {prompt.prompt}").save(buffer, format="PNG")
+        store.put_bytes(layout.sheet_key(run_id, prompt.prompt_id), buffer.getvalue(), content_type="image/png")
+    synthetic = any(item.models.synthetic for item in items)
+    page = gallery_html(run_id, ranking, records, layout.run_prefix(run_id), synthetic)
+    store.put_bytes(layout.gallery_key(run_id), page.encode(), content_type="text/html; charset=utf-8")
+    index = build_index(run_id, manifest, items, records, ranking, failures)
+    put_json(store, layout.index_key(run_id), index)
+    return index, ranking
+
+
+def _key_for(run_id: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in run_id.lower())[:80]
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranking, records: dict[str, ItemRecord]) -> None:
+    """A table of every image (prompt, seed, score, rank, location) and a markdown summary of the best."""
+    store = open_store(storage)
+    rows = [
+        {
+            "prompt_id": entry.prompt_id,
+            "prompt": records[entry.item_id].prompt if entry.item_id in records else "",
+            "seed": entry.seed,
+            "score": entry.score,
+            "rank": entry.rank,
+            "state": entry.state,
+            "image": store.url(entry.image_key) if entry.image_key else "",
+            "item_id": entry.item_id,
+        }
+        for entry in index.items
+    ]
+    create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score ({ranking.scorer}) and rank")
+    lines = [f"# Run {run_id}", "", f"{index.counts['done']} of {len(index.items)} images done; scored by {ranking.scorer}.", ""]
+    lines += ["| prompt | best image | score |", "|---|---|---|"]
+    for prompt in ranking.prompts:
+        best = prompt.images[0]
+        lines.append(f"| {prompt.prompt_id}: {prompt.prompt.replace('|', '/')} | {store.url(best.image_key)} | {best.score:.2f} |")
+    lines += ["", f"Gallery: {store.url(layout.gallery_key(run_id))}"]
+    create_markdown_artifact("\n".join(lines), key=f"summary-{_key_for(run_id)}", description=f"Best image per prompt, run {run_id}")

@@ -1,0 +1,647 @@
+"""Manifests: the examples load, bad manifests fail with precise messages, and expansion is deterministic."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from vqclip.errors import ManifestError, ObjectNotFound
+from vqclip.items import GenerationSettings, models_for_preset
+from vqclip.manifest import (
+    Defaults,
+    PromptEntry,
+    derive_seed,
+    describe_plan,
+    load_manifest,
+    load_manifest_file,
+    shards,
+)
+from vqclip.settings import Settings
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_FILES = ["quickstart.yaml", "prompts.json", "prompts.jsonl", "prompts.csv"]
+
+
+def load(text: str | bytes, name: str = "m.yaml", base_dir: Path | None = None, **kwargs):
+    data = text.encode() if isinstance(text, str) else text
+    return load_manifest(data, name, base_dir=base_dir, **kwargs)
+
+
+def error_of(text: str | bytes, name: str = "m.yaml", base_dir: Path | None = None, **kwargs) -> str:
+    with pytest.raises(ManifestError) as caught:
+        load(text, name, base_dir, **kwargs)
+    return str(caught.value)
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A manifest folder with one image in it."""
+    (tmp_path / "cat.png").write_bytes(b"cat pixels")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "dog.png").write_bytes(b"dog pixels")
+    return tmp_path
+
+
+# --- (a) the examples ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", [None, "tiny"])
+@pytest.mark.parametrize("example", EXAMPLE_FILES)
+def test_each_example_loads_and_plans(example, preset):
+    manifest = load_manifest_file(EXAMPLES / example, preset=preset)
+    items = manifest.plan()
+    assert items and len({item.item_id for item in items}) == len(items)
+    if preset:
+        assert all(item.models == models_for_preset(preset) for item in items)
+
+
+def test_quickstart_is_three_prompts_of_two_images_in_one_shard():
+    manifest = load_manifest_file(EXAMPLES / "quickstart.yaml", preset="tiny")
+    items = manifest.plan()
+    assert [p.id for p in manifest.prompts] == ["lighthouse", "fox", "city"]
+    assert len(items) == 6 and len(shards(items, manifest.batch_size)) == 1
+    assert all("|" in item.prompt for item in items)
+
+
+# --- (b) malformed manifests: each names the file and the line or field ---------------------------------
+
+LONG = " ".join(["word"] * 80)
+
+
+def case(case_id: str, content: str | bytes, expected: str, name: str = "m.yaml", **limits):
+    """A malformed manifest, the fragment its error must contain, and Settings limits to load it under."""
+    return pytest.param(name, content, expected, limits, id=case_id)
+
+
+BAD = [
+    case(
+        "wrong type",
+        "prompts:\n  - text: a fox\n    steps: many\n",
+        "m.yaml:3: prompts[0].steps: Input should be a valid integer",
+    ),
+    case(
+        "unknown top field",
+        "colour: red\nprompts: [a fox]\n",
+        "m.yaml:1: colour: unknown field; allowed fields: defaults, name, prompts, version",
+    ),
+    case(
+        "unknown defaults field",
+        "defaults:\n  stepz: 10\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.stepz: unknown field; allowed fields: augment",
+    ),
+    case(
+        "unknown prompt field",
+        "prompts:\n  - text: a fox\n    weight: 2\n",
+        "m.yaml:3: prompts[0].weight: unknown field",
+    ),
+    case(
+        "unknown image field",
+        "prompts:\n  - text: a fox\n    image_prompts:\n      - {path: cat.png, wieght: 1}\n",
+        "m.yaml:4: prompts[0].image_prompts[0].wieght: unknown field; allowed fields: path, weight",
+    ),
+    case(
+        "unknown guide field",
+        "defaults:\n  guides:\n    - {clip: ViT-B-32/openai, w: 1}\nprompts: [a fox]\n",
+        "m.yaml:3: defaults.guides[0].w: unknown field; allowed fields: clip, weight",
+    ),
+    case("missing text", "prompts:\n  - id: fox\n", "m.yaml:2: prompts[0].text: missing"),
+    case("prompt is a number", "prompts:\n  - 42\n", "m.yaml:2: prompts[0]: a prompt is a string or a mapping"),
+    case("weight zero", "prompts:\n  - 'a fox:0'\n", "m.yaml:2: prompts[0].text: prompt part 1 ('a fox') has weight 0"),
+    case(
+        "empty prompt part",
+        "prompts:\n  - 'a fox | | blurry'\n",
+        "m.yaml:2: prompts[0].text: prompt part 2 ('') has no text",
+    ),
+    case(
+        "nan weight",
+        "prompts:\n  - 'a fox:nan'\n",
+        "m.yaml:2: prompts[0].text: prompt part 1 ('a fox') has weight nan",
+    ),
+    case(
+        "infinite weight",
+        "prompts:\n  - 'a fox:inf'\n",
+        "m.yaml:2: prompts[0].text: prompt part 1 ('a fox') has weight inf",
+    ),
+    case(
+        "over-long prompt",
+        f"prompts:\n  - {LONG}\n",
+        "m.yaml:2: prompts[0].text: prompt part 1 is 80 CLIP tokens long",
+    ),
+    case(
+        "too many prompts",
+        "prompts: [a, b, c]\n",
+        "m.yaml:1: prompts: 3 prompts, more than the 2 allowed",
+        max_prompts=2,
+    ),
+    case("no prompts", "prompts: []\n", "m.yaml:1: prompts: List should have at least 1 item"),
+    case(
+        "huge width",
+        "defaults:\n  width: 4096\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.width: 4096 pixels, more than the 1024 allowed",
+    ),
+    case(
+        "too many steps",
+        "prompts:\n  - {text: a fox, steps: 9000}\n",
+        "m.yaml:2: prompts[0].steps: 9000 steps, more than the 5000 allowed",
+    ),
+    case(
+        "not a multiple of 16",
+        "defaults:\n  height: 200\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.height: 200 is not a multiple of 16",
+    ),
+    case(
+        "zero size",
+        "prompts:\n  - {text: a fox, width: 0}\n",
+        "m.yaml:2: prompts[0].width: Input should be greater than 0",
+    ),
+    case(
+        "duplicate ids",
+        "prompts:\n  - {id: fox, text: a fox}\n  - {id: fox, text: a red fox}\n",
+        "m.yaml:3: prompts[1].id: id 'fox' is already used by prompts[0]",
+    ),
+    case(
+        "id clashes with a default id",
+        "prompts:\n  - {id: p002, text: a fox}\n  - a cat\n",
+        "m.yaml:3: prompts[1]: default id (from its position) 'p002' is already used by prompts[0]",
+    ),
+    case(
+        "bad id",
+        "prompts:\n  - {id: Red Fox, text: a fox}\n",
+        "m.yaml:2: prompts[0].id: id 'Red Fox' is not allowed",
+    ),
+    case(
+        "parent path",
+        "prompts:\n  - text: a fox\n    image_prompts: ['../cat.png']\n",
+        "m.yaml:3: prompts[0].image_prompts[0].path: '../cat.png' leaves the manifest's folder",
+    ),
+    case(
+        "hidden parent path",
+        "prompts:\n  - text: a fox\n    init_image: sub/../../cat.png\n",
+        "m.yaml:3: prompts[0].init_image: 'sub/../../cat.png' leaves the manifest's folder",
+    ),
+    case(
+        "absolute path",
+        "prompts:\n  - text: a fox\n    init_image: /etc/passwd\n",
+        "m.yaml:3: prompts[0].init_image: '/etc/passwd' is an absolute path",
+    ),
+    case(
+        "https URL",
+        "prompts:\n  - text: a fox\n    image_prompts: ['https://example.com/cat.png:0.5']\n",
+        "m.yaml:3: prompts[0].image_prompts[0].path: 'https://example.com/cat.png' is a URL",
+    ),
+    case(
+        "file URL",
+        "prompts:\n  - text: a fox\n    init_image: file:///etc/passwd\n",
+        "m.yaml:3: prompts[0].init_image: 'file:///etc/passwd' is a URL",
+    ),
+    case(
+        "missing file",
+        "prompts:\n  - text: a fox\n    init_image: nope.png\n",
+        "m.yaml:3: prompts[0].init_image: 'nope.png': no such file",
+    ),
+    case(
+        "store key escapes",
+        "prompts:\n  - text: a fox\n    init_image: store:inputs/../../secret\n",
+        "m.yaml:3: prompts[0].init_image: 'store:inputs/../../secret' is not a usable store key",
+    ),
+    case(
+        "image weight zero",
+        "prompts:\n  - text: a fox\n    image_prompts: ['cat.png:0']\n",
+        "m.yaml:3: prompts[0].image_prompts[0].weight: weight 0 does nothing",
+    ),
+    case(
+        "duplicate seeds",
+        "prompts:\n  - text: a fox\n    seeds: [3, 4, 3]\n",
+        "m.yaml:3: prompts[0].seeds: seed 3 appears more than once",
+    ),
+    case(
+        "negative seed",
+        "prompts:\n  - text: a fox\n    seeds: [-1]\n",
+        "m.yaml:3: prompts[0].seeds[0]: Input should be greater than or equal to 0 (got -1)",
+    ),
+    case(
+        "negative base seed",
+        "defaults:\n  seed: -5\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.seed: Input should be greater than or equal to 0 (got -5)",
+    ),
+    case(
+        "n and seeds disagree",
+        "prompts:\n  - text: a fox\n    n: 3\n    seeds: [1, 2]\n",
+        "m.yaml:3: prompts[0].n: n is 3 but 2 seeds are given",
+    ),
+    case(
+        "n too large",
+        "prompts:\n  - {text: a fox, n: 65}\n",
+        "m.yaml:2: prompts[0].n: 65 images per prompt, more than the 64 allowed",
+    ),
+    case(
+        "too many seeds",
+        "prompts:\n  - {text: a fox, seeds: [1, 2, 3]}\n",
+        "m.yaml:2: prompts[0].seeds: 3 images per prompt, more than the 2 allowed",
+        max_images_per_prompt=2,
+    ),
+    case(
+        "unknown preset",
+        "defaults:\n  preset: huge\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.preset: unknown preset 'huge'; known presets: default",
+    ),
+    case(
+        "unknown vqgan",
+        "prompts:\n  - {text: a fox, vqgan: imagenet_f99}\n",
+        "m.yaml:2: prompts[0].vqgan: unknown VQGAN 'imagenet_f99'",
+    ),
+    case(
+        "unknown clip model",
+        "defaults:\n  guides: [ViT-Q-99/openai]\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.guides[0].clip: unknown CLIP model 'ViT-Q-99'",
+    ),
+    case(
+        "unknown pretrained tag",
+        "defaults:\n  scorer: ViT-B-32/imaginary\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.scorer: 'imaginary' is not a pretrained tag of ViT-B-32",
+    ),
+    case(
+        "guide weight zero",
+        "defaults:\n  guides:\n    - {clip: ViT-B-32/openai, weight: 0}\nprompts: [a fox]\n",
+        "m.yaml:3: defaults.guides[0].weight: Input should be greater than 0",
+    ),
+    case("bad version", "version: 2\nprompts: [a fox]\n", "m.yaml:1: version: Input should be 1"),
+    case(
+        "bad optimizer",
+        "defaults:\n  optimizer: sgd\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.optimizer: Input should be 'adam' or 'adamw' (got 'sgd')",
+    ),
+    case("duplicate yaml key", "prompts:\n  - text: a fox\n    n: 1\n    n: 2\n", "m.yaml:4: key 'n' appears twice"),
+    case("top level scalar", "42\n", "m.yaml: the top level is a int; make it a mapping"),
+    case("binary garbage", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "m.yaml: a binary file, not a text manifest"),
+    case("not utf-8", b"prompts:\n  - caf\xe9\n", "m.yaml:2: not UTF-8 text (byte 0xe9)"),
+    case("empty file", "  \n\n", "m.yaml: the manifest is empty"),
+    case("only comments", "# nothing here\n", "m.yaml: the manifest has only comments"),
+    case("too large", "prompts: [a fox, a cat]\n", "m.yaml: 24 bytes, more than the 10 allowed", max_manifest_bytes=10),
+    case(
+        "unknown extension",
+        "prompts: [a fox]\n",
+        "m.txt: unknown manifest format '.txt'; use one of .yaml, .yml, .json",
+        "m.txt",
+    ),
+    case("yaml syntax error", "prompts:\n  - [a fox\n  - b\n", "m.yaml:4: YAML syntax error"),
+    case(
+        "json syntax error",
+        '{"prompts": [\n  "a fox",\n]\n}\n',
+        "m.json:3: JSON syntax error: Expecting value",
+        "m.json",
+    ),
+    case(
+        "json schema error",
+        '{\n  "prompts": [\n    {"text": "a fox",\n     "steps": "many"}\n  ]\n}\n',
+        "m.json:4: prompts[0].steps: Input should be a valid integer",
+        "m.json",
+    ),
+    case("jsonl bad line", '{"text": "a fox"}\n{"text": \n', "m.jsonl:2: not valid JSON", "m.jsonl"),
+    case(
+        "jsonl schema error",
+        '{"defaults": {"steps": 10}}\n\n{"text": "a fox", "n": 0}\n',
+        "m.jsonl:3: prompts[0].n: Input should be greater than or equal to 1",
+        "m.jsonl",
+    ),
+    case(
+        "jsonl prompts in header",
+        '{"name": "x", "prompts": ["a"]}\n"a fox"\n',
+        "m.jsonl:1: the header cannot hold prompts",
+        "m.jsonl",
+    ),
+    case(
+        "csv unknown column",
+        "id,txt\nfox,a fox\n",
+        "m.csv:1: unknown column 'txt'; allowed columns (separated by commas): ",
+        "m.csv",
+    ),
+    case("csv without text", "id,n\nfox,1\n", "m.csv:1: the header row has no 'text' column", "m.csv"),
+    case(
+        "csv bad int",
+        "text,n\na fox,2\na cat,two\n",
+        "m.csv:3: prompts[1].n: Input should be a valid integer, unable to parse string as an integer (got 'two')",
+        "m.csv",
+    ),
+    case(
+        "csv bad seed",
+        "text,seeds\na fox,1;x\n",
+        "m.csv:2: prompts[0].seeds[1]: Input should be a valid integer",
+        "m.csv",
+    ),
+    case(
+        "csv extra cells",
+        "text,n\na fox, with a comma,2\n",
+        "m.csv:2: 3 cells but the header has 2 columns",
+        "m.csv",
+    ),
+    case(
+        "csv multiline cell keeps line numbers",
+        'text,n\n"a fox\nin the snow",1\na cat,-1\n',
+        "m.csv:4: prompts[1].n",
+        "m.csv",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected", "limits"), BAD)
+def test_bad_manifest_is_reported_precisely(folder, name, content, expected, limits):
+    message = error_of(content, name, base_dir=folder, settings=Settings(**limits))
+    assert expected in message
+    assert message.startswith(name)
+
+
+def test_unknown_preset_override():
+    assert "m.yaml: preset override: unknown preset 'huge'" in error_of("prompts: [a fox]\n", preset="huge")
+
+
+def test_a_preset_with_another_factor_changes_what_sizes_are_allowed():
+    text = "defaults: {width: 72, height: 64}\nprompts: [a fox]\n"
+    assert "72 is not a multiple of 16, the pixels per latent cell of VQGAN imagenet_f16_16384" in error_of(text)
+    assert load(text, preset="tiny").prompts[0].settings.width == 72
+
+
+def test_local_paths_need_a_local_manifest():
+    text = "prompts:\n  - {text: a fox, init_image: cat.png}\n"
+    expected = "m.yaml:2: prompts[0].init_image: 'cat.png' is a local path, but m.yaml is not in a local folder"
+    assert expected in error_of(text)
+
+
+def test_a_link_out_of_the_folder_is_refused(folder, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "secret.png"
+    outside.write_bytes(b"secret")
+    (folder / "link.png").symlink_to(outside)
+    text = "prompts:\n  - {text: a fox, init_image: link.png}\n"
+    assert "'link.png' links outside the manifest's folder" in error_of(text, base_dir=folder)
+
+
+def test_load_manifest_file_reports_a_missing_file(tmp_path):
+    with pytest.raises(ManifestError, match="nope.yaml: cannot read the manifest"):
+        load_manifest_file(tmp_path / "nope.yaml")
+
+
+# --- (c) every error in one message -----------------------------------------------------------------
+
+
+def test_all_errors_are_reported_together(folder):
+    text = """\
+defaults:
+  width: 100
+  stepz: 3
+prompts:
+  - id: fox
+  - text: "a fox:0"
+  - text: a cat
+    init_image: ../cat.png
+  - text: a dog
+    seeds: [1, 1]
+    n: 999
+  - text: fine
+"""
+    message = error_of(text, base_dir=folder)
+    expected = [
+        "m.yaml:3: defaults.stepz: unknown field",
+        "m.yaml:5: prompts[0].text: missing",
+        "m.yaml:6: prompts[1].text: prompt part 1 ('a fox') has weight 0",
+        "m.yaml:8: prompts[2].init_image: '../cat.png' leaves the manifest's folder",
+        "m.yaml:10: prompts[3].seeds: seed 1 appears more than once",
+        "m.yaml:11: prompts[3].n: 999 images per prompt",
+        "m.yaml:11: prompts[3].n: n is 999 but 2 seeds are given",
+    ]
+    assert message.startswith(f"m.yaml: {len(expected)} errors, nothing was run:")
+    positions = [message.index(fragment) for fragment in expected]
+    assert positions == sorted(positions)
+
+
+def test_errors_of_defaults_and_prompts_are_reported_together_when_defaults_are_valid(folder):
+    text = """\
+defaults:
+  width: 100
+prompts:
+  - {text: a fox, init_image: nope.png}
+  - {id: x, text: b}
+  - {id: x, text: c}
+"""
+    message = error_of(text, base_dir=folder)
+    for fragment in (
+        "m.yaml:2: defaults.width: 100 is not a multiple of 16",
+        "m.yaml:4: prompts[0].init_image",
+        "m.yaml:6: prompts[2].id",
+    ):
+        assert fragment in message
+    assert message.count("defaults.width") == 1
+
+
+def test_a_huge_number_of_errors_is_cut_short():
+    text = "prompts:\n" + "".join(f"  - 'fox {i}:0'\n" for i in range(80))
+    message = error_of(text)
+    assert message.startswith("m.yaml: 80 errors") and "... and 30 more" in message
+
+
+# --- the formats ----------------------------------------------------------------------------------------
+
+
+def test_same_manifest_in_every_format_plans_the_same_items(folder):
+    yaml_text = """\
+name: same
+defaults: {steps: 20, n: 2, seed: 5}
+prompts:
+  - {id: fox, text: "a fox:1 | blurry:-0.5", seeds: [3, 4], image_prompts: ["cat.png:0.5"]}
+  - {id: cat, text: a cat, width: 320}
+"""
+    json_text = (
+        '{"name": "same", "defaults": {"steps": 20, "n": 2, "seed": 5}, "prompts": ['
+        '{"id": "fox", "text": "a fox:1 | blurry:-0.5", "seeds": [3, 4],'
+        ' "image_prompts": [{"path": "cat.png", "weight": 0.5}]},'
+        '{"id": "cat", "text": "a cat", "width": 320}]}'
+    )
+    jsonl_text = (
+        '{"name": "same", "defaults": {"steps": 20, "n": 2, "seed": 5}}\n'
+        '{"id": "fox", "text": "a fox:1 | blurry:-0.5", "seeds": [3, 4], "image_prompts": ["cat.png:0.5"]}\n'
+        '{"id": "cat", "text": "a cat", "width": 320}\n'
+    )
+    csv_text = (
+        "id,text,seeds,image_prompts,width,steps,n,seed\n"
+        "fox,a fox:1 | blurry:-0.5,3 4,cat.png:0.5,,20,,\n"
+        "cat,a cat,,,320,20,2,5\n"
+    )
+    plans = [
+        [(i.item_id, i.prompt_id, i.seed) for i in load(text, name, base_dir=folder).plan()]
+        for text, name in ((yaml_text, "m.yaml"), (json_text, "m.json"), (jsonl_text, "m.jsonl"), (csv_text, "m.csv"))
+    ]
+    assert len(plans[0]) == 4 and all(plan == plans[0] for plan in plans)
+
+
+def test_jsonl_without_header_and_with_string_lines():
+    manifest = load('"a fox"\n\n{"id": "cat", "text": "a cat"}\n', "m.jsonl")
+    assert [p.id for p in manifest.prompts] == ["p001", "cat"] and manifest.name is None
+
+
+def test_csv_lists_and_byte_order_mark(folder):
+    text = "\ufeffText,Seeds,Image_Prompts,Guides\na fox,3;4 5,cat.png:0.5; sub/dog.png,ViT-B-32/openai;ViT-B-16/openai"
+    prompt = load(text, "m.csv", base_dir=folder).prompts[0]
+    assert prompt.seeds == (3, 4, 5)
+    assert prompt.image_prompts == (("cat.png", 0.5), ("sub/dog.png", 1.0))
+    assert prompt.models.guides == (("ViT-B-32/openai", 1.0), ("ViT-B-16/openai", 1.0))
+
+
+def test_a_top_level_list_is_the_prompts():
+    assert [p.text for p in load("- a fox\n- a cat\n").prompts] == ["a fox", "a cat"]
+    assert [p.text for p in load('["a fox"]', "m.json").prompts] == ["a fox"]
+    assert "m.yaml:2: prompts[1].text: prompt part 1 ('a cat') has weight 0" in error_of("- a fox\n- 'a cat:0'\n")
+    assert "m.json:3: prompts[1].n: Input should be" in error_of('[\n  "a fox",\n  {"text": "a cat", "n": -1}\n]', "m.json")
+
+
+def test_every_generation_setting_can_be_set_at_both_levels():
+    for name in GenerationSettings.model_fields:
+        assert name in Defaults.model_fields and name in PromptEntry.model_fields
+
+
+def test_models_layer_defaults_then_prompt():
+    text = """\
+defaults:
+  preset: tiny
+  scorer: tiny-clip-a/random
+prompts:
+  - a fox
+  - {text: a cat, guides: [{clip: tiny-clip-b/random, weight: 2}]}
+  - {text: a dog, preset: default}
+"""
+    fox, cat, dog = load(text).prompts
+    tiny = models_for_preset("tiny")
+    assert fox.models == tiny.model_copy(update={"scorer": "tiny-clip-a/random"})
+    assert cat.models.guides == (("tiny-clip-b/random", 2.0),) and cat.models.scorer == "tiny-clip-a/random"
+    assert dog.models == models_for_preset("default")
+    assert {p.models for p in load(text, preset="ensemble").prompts} == {models_for_preset("ensemble")}
+
+
+# --- (d) expansion ----------------------------------------------------------------------------------------
+
+PLAN = """\
+defaults: {preset: tiny, width: 64, height: 64, steps: 10, n: 3, batch_size: 2}
+prompts:
+  - {id: fox, text: "a red fox:1 | blurry:-0.5"}
+  - {id: sea, text: a blue sea, n: 2}
+  - {id: sky, text: a grey sky, steps: 20, seeds: [7, 8, 9, 10]}
+"""
+
+
+def test_one_item_per_image_with_deterministic_seeds_and_ids():
+    first, again = load(PLAN).plan(), load(PLAN).plan()
+    assert [(i.prompt_id, i.index) for i in first] == [("fox", 0), ("fox", 1), ("fox", 2), ("sea", 0), ("sea", 1)] + [
+        ("sky", k) for k in range(4)
+    ]
+    assert [(i.seed, i.item_id) for i in first] == [(i.seed, i.item_id) for i in again]
+    assert [i.seed for i in first if i.prompt_id == "sky"] == [7, 8, 9, 10]
+    assert [i.seed for i in first if i.prompt_id == "fox"] == [derive_seed(0, "fox", k) for k in range(3)]
+    assert len({i.item_id for i in first}) == len(first)
+
+
+def test_seeds_follow_the_base_seed_and_the_prompt_id():
+    base = {i.item_id: i.seed for i in load(PLAN).plan()}
+    reseeded = load(PLAN.replace("batch_size: 2}", "batch_size: 2, seed: 1}")).plan()
+    assert all(i.seed != base.get(i.item_id) for i in reseeded if i.prompt_id != "sky")
+    changed = load(PLAN.replace("a blue sea", "a green sea")).plan()
+    sea_ids = {i.item_id for i in changed if i.prompt_id == "sea"}
+    assert sea_ids.isdisjoint(base) and {i.item_id for i in changed if i.prompt_id == "fox"} <= set(base)
+
+
+def test_derived_seeds_are_stable_across_versions():
+    assert derive_seed(0, "p001", 0) == int.from_bytes(hashlib.sha256(b"0/p001/0").digest()[:4], "big")
+    assert all(0 <= derive_seed(base, "x", k) < 2**32 for base in (0, 2**62) for k in range(50))
+
+
+def test_shards_respect_batch_size_and_never_mix_settings():
+    manifest = load(PLAN)
+    items = manifest.plan()
+    batches = shards(items, manifest.batch_size)
+    assert all(1 <= len(batch) <= 2 for batch in batches)
+    assert all(len({item.shard_key for item in batch}) == 1 for batch in batches)
+    in_shards = [item for batch in batches for item in batch]
+    assert [i for i in in_shards if i.prompt_id != "sky"] == [i for i in items if i.prompt_id != "sky"]
+    assert sorted(i.item_id for i in in_shards) == sorted(i.item_id for i in items)
+    assert len(batches) == 5  # fox+sea: 5 items -> 3 shards; sky (other steps): 4 items -> 2 shards
+
+
+def test_describe_plan():
+    manifest = load(PLAN)
+    summary = describe_plan(manifest.plan(), manifest.batch_size)
+    assert (summary["images"], summary["shards"], summary["steps"]) == (9, 5, 5 * 10 + 4 * 20)
+    assert [(row["prompt_id"], row["images"], row["size"], row["steps"]) for row in summary["prompts"]] == [
+        ("fox", 3, "64x64", 10),
+        ("sea", 2, "64x64", 10),
+        ("sky", 4, "64x64", 20),
+    ]
+    assert summary["prompts"][0]["models"] == "tiny_f8 / tiny-clip-a/random"
+
+
+def test_image_sources_are_hashed_locally_and_read_from_the_store(folder):
+    text = """\
+prompts:
+  - text: a fox
+    image_prompts: ["cat.png:0.5", {path: "store:inputs/cat.png", weight: -0.3}]
+    init_image: sub/dog.png
+  - {text: a dog, image_prompts: [cat.png]}
+"""
+    manifest = load(text, base_dir=folder)
+    assert manifest.sources() == ["cat.png", "store:inputs/cat.png", "sub/dog.png"]
+    with pytest.raises(ManifestError) as caught:
+        manifest.plan()
+    assert "m.yaml: prompts[0].image_prompts[1].path: store:inputs/cat.png is in the object store" in str(caught.value)
+    asked = []
+    items = manifest.plan(read_source=lambda source: asked.append(source) or b"stored pixels")
+    assert asked == ["store:inputs/cat.png"]
+    fox = items[0]
+    assert [(p.source, p.digest, p.weight) for p in fox.image_prompts] == [
+        ("cat.png", hashlib.sha256(b"cat pixels").hexdigest(), 0.5),
+        ("store:inputs/cat.png", hashlib.sha256(b"stored pixels").hexdigest(), -0.3),
+    ]
+    assert fox.init_image.digest == hashlib.sha256(b"dog pixels").hexdigest()
+
+    (folder / "cat.png").write_bytes(b"another cat")
+    assert manifest.plan(read_source=lambda source: b"stored pixels")[0].item_id != fox.item_id
+
+
+def test_a_missing_store_object_is_a_manifest_error(folder):
+    def missing(source: str) -> bytes:
+        raise ObjectNotFound(source)
+
+    manifest = load("- {text: a, init_image: 'store:in/a.png'}\n- {text: b, init_image: 'store:in/b.png'}\n")
+    with pytest.raises(ManifestError) as caught:
+        manifest.plan(read_source=missing)
+    assert "prompts[0].init_image: store:in/a.png: no such object" in str(caught.value)
+    assert "prompts[1].init_image: store:in/b.png: no such object" in str(caught.value)
+
+
+def test_identical_images_from_explicit_seeds_are_refused():
+    manifest = load("prompts:\n  - {text: a fox, seeds: [1, 2]}\n  - {text: a fox, seeds: [2, 3]}\n")
+    with pytest.raises(ManifestError, match="prompt 'p002' image 0 would be identical to prompt 'p001' image 1"):
+        manifest.plan()
+
+
+# --- (e) YAML is loaded safely ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "!!python/object/apply:os.system ['touch pwned']",
+        "!!python/object:builtins.object {}",
+        "!!python/name:os.system",
+    ],
+)
+def test_yaml_python_tags_are_refused(payload, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = error_of(f"prompts:\n  - text: a fox\n    id: {payload}\n")
+    assert message.startswith("m.yaml:3: could not determine a constructor for the tag")
+    assert "plain data only" in message
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_yaml_aliases_do_not_blow_up():
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{chr(98 + k)}: &{chr(98 + k)} [{', '.join(['*' + chr(97 + k)] * 9)}]" for k in range(8)]
+    message = error_of("\n".join(lines) + "\nprompts: [a fox]\n")
+    assert "m.yaml:1: a: unknown field" in message

@@ -1,0 +1,209 @@
+"""A run's state in the store: what is done, committing results, and the index and ranking.
+
+The commit rule: an image's PNG is written first and its sidecar JSON last, so an item is done
+exactly when its sidecar exists and names an image that exists. Everything here is idempotent, so
+a retried task or a resumed run writes nothing twice and loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timezone
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+from pydantic import ValidationError
+
+from vqclip import layout
+from vqclip.errors import StorageError, VqclipError
+from vqclip.generate import GenerationResult
+from vqclip.images import decode_image, encode_png
+from vqclip.items import WorkItem
+from vqclip.prompts import parse_prompt, scoring_text
+from vqclip.records import (
+    IndexEntry,
+    ItemRecord,
+    PromptRanking,
+    RankedImage,
+    Ranking,
+    RunIndex,
+    item_settings,
+)
+from vqclip.score import Scored, rank
+from vqclip.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id(manifest_name: str, manifest_bytes: bytes) -> str:
+    """A fresh run id: the manifest's name, the time and a hash of its content."""
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(manifest_name).stem)[:40] or "run"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stem}-{stamp}-{hashlib.sha256(manifest_bytes).hexdigest()[:6]}"
+
+
+def read_manifest_source(reference: str) -> tuple[bytes, str, Path | None]:
+    """Bytes, display name and base folder of a manifest given as a local path or an `s3://` URI."""
+    if reference.startswith("s3://"):
+        bucket, _, key = reference[len("s3://") :].partition("/")
+        if not key:
+            raise VqclipError(f"{reference}: name an object, e.g. s3://bucket/manifests/batch.yaml")
+        return open_store(f"s3://{bucket}").get_bytes(key), reference, None
+    path = Path(reference)
+    if not path.is_file():
+        raise VqclipError(f"manifest {reference} does not exist or is not a file")
+    return path.read_bytes(), str(path), path.parent.resolve()
+
+
+def stage_inputs(store: ObjectStore, run_id: str, items: list[WorkItem], read: Callable[[str], bytes]) -> None:
+    """Copy every image input of the run into the store by digest, so any worker can read it."""
+    for prompt in {p.digest: p for item in items for p in item.inputs}.values():
+        key = layout.input_key(run_id, prompt.digest)
+        if not store.exists(key):
+            store.put_bytes(key, read(prompt.source))
+
+
+def read_inputs(store: ObjectStore, run_id: str, items: list[WorkItem]) -> dict[str, Image.Image]:
+    """The staged image inputs of `items`, by source, as the engine takes them."""
+    return {
+        prompt.source: decode_image(store.get_bytes(layout.input_key(run_id, prompt.digest)))
+        for item in items
+        for prompt in item.inputs
+    }
+
+
+def load_record(store: ObjectStore, run_id: str, item_id: str) -> ItemRecord | None:
+    """The item's sidecar if the item is done (sidecar readable and its image present), else None."""
+    try:
+        record = ItemRecord.model_validate_json(store.get_bytes(layout.sidecar_key(run_id, item_id)))
+    except (StorageError, ValidationError, ValueError):
+        return None
+    return record if store.exists(record.image_key) else None
+
+
+def done_records(store: ObjectStore, run_id: str) -> dict[str, ItemRecord]:
+    """Every done item of a run, by item id."""
+    records = {}
+    for key in store.list(layout.items_prefix(run_id)):
+        if key.endswith(".json"):
+            item_id = key.rsplit("/", 1)[-1][: -len(".json")]
+            record = load_record(store, run_id, item_id)
+            if record is not None:
+                records[item_id] = record
+    return records
+
+
+def pending_items(store: ObjectStore, run_id: str, items: list[WorkItem]) -> list[WorkItem]:
+    """The items that still need generating."""
+    done = done_records(store, run_id)
+    return [item for item in items if item.item_id not in done]
+
+
+def commit_result(
+    store: ObjectStore, run_id: str, item: WorkItem, result: GenerationResult, device: str, attempt: int = 1
+) -> ItemRecord:
+    """Write an item's PNG, then its sidecar (the commit marker). `item` is the item as planned."""
+    image_key = layout.image_key(run_id, item.item_id)
+    settings = item_settings(item)
+    settings["lr_used"] = result.item.settings.lr
+    store.put_bytes(image_key, encode_png(result.image, settings), content_type="image/png")
+    record = ItemRecord(
+        **{k: settings[k] for k in ("item_id", "prompt_id", "index", "prompt", "seed", "engine", "synthetic")},
+        settings=item.settings,
+        models=item.models,
+        image_prompts=list(item.image_prompts),
+        init_image=item.init_image,
+        image_key=image_key,
+        loss=result.loss,
+        guide_similarity=result.similarity,
+        first_guide_similarity=result.first_similarity,
+        seconds=round(result.seconds, 3),
+        device=device,
+        attempt=attempt,
+        lr_used=result.item.settings.lr,
+    )
+    write_record(store, run_id, record)
+    return record
+
+
+def write_record(store: ObjectStore, run_id: str, record: ItemRecord) -> None:
+    """Write (or rewrite, e.g. with a score) an item's sidecar."""
+    store.put_bytes(
+        layout.sidecar_key(run_id, record.item_id), record.model_dump_json(indent=2).encode(), content_type="application/json"
+    )
+
+
+def build_ranking(run_id: str, records: dict[str, ItemRecord], scorer: str) -> Ranking:
+    """Per prompt, its scored images best first."""
+    prompts = {r.prompt_id: r.prompt for r in records.values()}
+    entries = [Scored(r.prompt_id, r.item_id, r.score) for r in records.values() if r.score is not None]
+    ranked = rank(entries)
+    return Ranking(
+        run_id=run_id,
+        scorer=scorer,
+        prompts=[
+            PromptRanking(
+                prompt_id=prompt_id,
+                prompt=prompts[prompt_id],
+                images=[
+                    RankedImage(rank=i + 1, item_id=e.item_id, score=round(e.score, 4), image_key=records[e.item_id].image_key)
+                    for i, e in enumerate(group)
+                ],
+            )
+            for prompt_id, group in ranked.items()
+        ],
+    )
+
+
+def build_index(
+    run_id: str,
+    manifest: str,
+    items: list[WorkItem],
+    records: dict[str, ItemRecord],
+    ranking: Ranking,
+    failures: dict[str, str],
+) -> RunIndex:
+    """Every planned item with its state, keys, score and rank."""
+    ranks = {img.item_id: img.rank for p in ranking.prompts for img in p.images}
+    entries = []
+    for item in items:
+        record = records.get(item.item_id)
+        state = "done" if record else ("failed" if item.item_id in failures else "pending")
+        entries.append(
+            IndexEntry(
+                item_id=item.item_id,
+                prompt_id=item.prompt_id,
+                index=item.index,
+                seed=item.seed,
+                state=state,
+                image_key=record.image_key if record else None,
+                sidecar_key=layout.sidecar_key(run_id, item.item_id) if record else None,
+                score=record.score if record else None,
+                rank=ranks.get(item.item_id),
+                error=failures.get(item.item_id) if not record else None,
+            )
+        )
+    counts = {state: sum(e.state == state for e in entries) for state in ("done", "failed", "pending")}
+    return RunIndex(
+        run_id=run_id, manifest=manifest, complete=counts["done"] == len(entries), counts=counts, items=entries
+    )
+
+
+def put_json(store: ObjectStore, key: str, model) -> None:
+    """Write a pydantic model as indented JSON."""
+    store.put_bytes(key, model.model_dump_json(indent=2).encode(), content_type="application/json")
+
+
+def load_index(store: ObjectStore, run_id: str) -> RunIndex:
+    """A run's index, or a clear error when the run does not exist in this store."""
+    try:
+        return RunIndex.model_validate_json(store.get_bytes(layout.index_key(run_id)))
+    except StorageError:
+        raise VqclipError(f"no run {run_id!r} in {store.uri} (no {layout.index_key(run_id)})") from None
+
+
+def scoring_prompt(record: ItemRecord) -> str:
+    """The text an item is scored against."""
+    return scoring_text(parse_prompt(record.prompt))
