@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/vqclip generate "a watercolour painting of a lighthouse at dawn" --preset $(PRESET) --out vqclip-output/demo.png
+	@$(VENV)/bin/vqclip run examples/quickstart.yaml --preset $(PRESET) || { \
+	  echo "The demo did not finish. Without internet access, run the same demo on tiny random-weight models:"; \
+	  echo "  make demo PRESET=tiny"; exit 1; }
 
 test: install
 	$(PY) -m pytest || [ $$? -eq 5 ]  # 5: no tests collected

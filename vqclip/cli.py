@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vqclip.errors import VqclipError
+from vqclip.storage import open_store
 
 app = typer.Typer(help="Batch VQGAN+CLIP text-to-image generation.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -149,7 +149,6 @@ def _load_plan(manifest: str, storage: str, preset: Optional[str]):
     """Read and fully validate a manifest; return its bytes, name, parsed form and work items."""
     from vqclip.manifest import load_manifest
     from vqclip.runs import read_manifest_source
-    from vqclip.storage import open_store
 
     data, name, base_dir = read_manifest_source(manifest)
     parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
@@ -183,7 +182,6 @@ def _summary_table(storage: str, run_id: str) -> Table:
     from vqclip import layout
     from vqclip.records import Ranking
     from vqclip.runs import load_index
-    from vqclip.storage import open_store
 
     store = open_store(storage)
     index = load_index(store, run_id)
@@ -210,30 +208,36 @@ def run(
 ) -> None:
     """Run a manifest end to end in this process (Prefect's ephemeral API; no server needed)."""
     if not _state["debug"]:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Failures reach the user as one message below; Prefect's own tracebacks are for --debug.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     from vqclip import layout
+    from vqclip.models.download import ensure_files
+    from vqclip.models.loader import required_files
     from vqclip.runs import new_run_id
     from vqclip.settings import get_settings
-    from vqclip.storage import open_store
 
-    storage = storage or get_settings().storage
+    settings = get_settings()
+    storage = storage or settings.storage
     with user_errors():
         data, name, parsed, items = _load_plan(manifest, storage, preset)
         run_id = layout.check_run_id(run_id or new_run_id(name, data))
         store = open_store(storage)
+        with console.status("checking model weights", spinner="dots"):
+            for spec in {item.models for item in items}:
+                ensure_files(required_files(spec, settings), settings)
     console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}")
 
     from flows.batch import batch_generate
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
         task = bar.add_task("images", total=len(items))
-        watcher = _ProgressWatcher(store, run_id, lambda done: bar.update(task, completed=done))
-        with watcher, user_errors():
+        with _ProgressWatcher(store, run_id, lambda done: bar.update(task, completed=done)):
             state = batch_generate(manifest=manifest, storage=storage, run_id=run_id, preset=preset, return_state=True)
-    with user_errors():
-        console.print(_summary_table(storage, run_id))
+    if store.exists(layout.index_key(run_id)):
+        with user_errors():
+            console.print(_summary_table(storage, run_id))
     if not state.is_completed():
-        errors.print(f"[bold red]run {run_id} did not finish:[/] {state.message}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]error:[/] run {run_id} did not finish: {state.message}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"all {len(items)} images done; gallery: {store.url(layout.gallery_key(run_id))}")
 
@@ -284,8 +288,9 @@ def show(
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
