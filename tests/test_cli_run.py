@@ -1,0 +1,129 @@
+"""`vqclip run / validate / show` as a user runs them: exit codes, messages, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.test_manifest import BAD
+from vqclip.cli import app
+from vqclip.manifest import load_manifest_file
+from vqclip.settings import get_settings
+
+TINY_RUN = """\
+defaults:
+  preset: tiny
+  width: 64
+  height: 64
+  steps: {steps}
+  cutouts: 4
+  n: {n}
+  batch_size: 1
+prompts:
+  - id: fox
+    text: "a red fox:1 | blurry:-0.5"
+"""
+
+
+def vqclip(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vqclip.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the ephemeral Prefect server is a child: kill the whole group
+        **kwargs,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+@pytest.fixture
+def manifest_folder(tmp_path) -> Path:
+    """A manifest folder with the images the malformed cases refer to."""
+    (tmp_path / "cat.png").write_bytes(b"cat pixels")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "dog.png").write_bytes(b"dog pixels")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("name", "content", "expected", "limits"), BAD)
+def test_bad_manifests_exit_1_naming_the_place_and_write_nothing(manifest_folder, monkeypatch, name, content, expected, limits):
+    path = manifest_folder / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for field, value in limits.items():
+        monkeypatch.setenv(f"VQCLIP_{field.upper()}", str(value))
+    get_settings.cache_clear()
+    out = manifest_folder / "out"
+    try:
+        result = CliRunner().invoke(app, ["run", str(path), "--storage", str(out)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert expected in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+    assert files_under(out) == []
+
+
+def test_validate_prints_the_plan_and_exit_codes(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(TINY_RUN.format(steps=3, n=2))
+    result = CliRunner().invoke(app, ["validate", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "2 images, 2 shards, 6 optimisation steps" in " ".join(result.output.split())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts:\n  - text: 'a fox |'\n")
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1 and "bad.yaml:2: prompts[0].text" in " ".join(result.output.split())
+
+
+def test_show_of_a_missing_run_says_so(tmp_path):
+    result = CliRunner().invoke(app, ["show", "nope", "--storage", str(tmp_path)])
+    assert result.exit_code == 1 and "no run 'nope'" in result.output
+
+
+def test_a_killed_run_resumes_with_exactly_the_missing_items(tmp_path):
+    """SIGKILL mid-run, then `vqclip run --run-id` again: every item once, finished ones untouched."""
+    manifest = tmp_path / "kill.yaml"
+    manifest.write_text(TINY_RUN.format(steps=40, n=6))
+    out = tmp_path / "out"
+    items_dir = out / "runs" / "k1" / "items"
+    planned = {item.item_id for item in load_manifest_file(manifest).plan()}
+
+    first = vqclip("run", str(manifest), "--storage", str(out), "--run-id", "k1")
+    deadline = time.monotonic() + 240
+    while len(list(items_dir.glob("*.json"))) < 2:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no item was committed in time"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {p.name: p.read_bytes() for p in items_dir.glob("*.png") if (items_dir / (p.stem + ".json")).exists()}
+    assert 2 <= len(before) < len(planned)
+
+    code, stdout, stderr = finish(vqclip("run", str(manifest), "--storage", str(out), "--run-id", "k1"))
+    assert code == 0, stderr
+    assert "all 6 images done" in stdout
+    pngs = {p.stem for p in items_dir.glob("*.png")}
+    sidecars = {p.stem for p in items_dir.glob("*.json")}
+    assert pngs == sidecars == planned
+    assert [p for p in files_under(out) if ".vqclip-tmp-" in p.name] == []
+    for name, data in before.items():
+        assert (items_dir / name).read_bytes() == data, "a finished image must not be generated again"
+
+    code, stdout, _ = finish(vqclip("show", "k1", "--storage", str(out), env={**os.environ, "COLUMNS": "200"}))
+    assert code == 0 and "run k1: 6 done" in stdout and "fox" in stdout
