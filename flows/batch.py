@@ -10,6 +10,7 @@ from prefect.states import Completed, Failed
 from pydantic import BaseModel
 
 from tasks.generation import generate_shard
+from tasks.retry import PERMANENT
 from tasks.reporting import publish_artifacts, write_reports
 from tasks.scoring import score_images
 from vqclip import layout
@@ -31,9 +32,20 @@ class RunSummary(BaseModel):
     gallery: str
 
 
-@flow(name="batch-generate", log_prints=False, persist_result=False)
+@flow(name="batch-generate", retries=1, retry_delay_seconds=10, persist_result=False)
 def batch_generate(manifest: str, storage: str | None = None, run_id: str | None = None, preset: str | None = None):
-    """Generate, score and rank every image a manifest asks for; re-running with the same run id resumes."""
+    """Generate, score and rank every image a manifest asks for; re-running with the same run id resumes.
+
+    Transient faults fail the attempt and Prefect retries the flow, which resumes; faults no retry can
+    fix (bad manifest, missing weights, refused credentials) end the run Failed at once.
+    """
+    try:
+        return _run_batch(manifest, storage, run_id, preset)
+    except PERMANENT as exc:
+        return Failed(message=f"{type(exc).__name__}: {exc}")
+
+
+def _run_batch(manifest: str, storage: str | None, run_id: str | None, preset: str | None):
     logger = get_run_logger()
     storage = storage or get_settings().storage
     store = open_store(storage)

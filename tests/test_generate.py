@@ -117,6 +117,19 @@ def test_host_syncs_do_not_grow_with_the_step_count(tiny_models, monkeypatch):
     assert counts[0] == counts[1], counts
 
 
+def test_a_weighted_ensemble_of_guides_and_noise_init(tiny_models):
+    from vqclip.items import ModelSpec
+    from vqclip.models.loader import load_models
+
+    spec = ModelSpec(vqgan="tiny_f8", guides=(("tiny-clip-a/random", 1.0), ("tiny-clip-b/random", 0.5)), scorer="tiny-clip-b/random")
+    models = load_models(spec, device="cpu", include_scorer=False)
+    settings = SETTINGS.model_copy(update={"steps": 3, "init": "noise"})
+    work = WorkItem(prompt_id="p", prompt="a red fox", seed=1, settings=settings, models=spec)
+    (result,) = generate([work], models)
+    assert result.ok
+    assert sorted(result.similarity) == ["tiny-clip-a/random: a red fox", "tiny-clip-b/random: a red fox"]
+
+
 def test_bf16_autocast_runs_and_repeats_for_the_same_batch(tiny_models):
     from vqclip.settings import Settings
 

@@ -195,3 +195,40 @@ def test_unknown_pretrained_tag_lists_the_known_ones(settings):
     spec = ModelSpec(vqgan="tiny_f8", guides=(("ViT-B-32/not-a-tag", 1.0),), scorer="tiny-clip-b/random")
     with pytest.raises(ModelError, match="laion2b_s34b_b79k"):
         load_models(spec, settings, device="cpu")
+
+
+def test_conditional_transformer_checkpoints_load_their_first_stage(tmp_path):
+    """sflckr-style files: a Net2NetTransformer config whose VQGAN weights sit under `first_stage_model.`."""
+    from vqclip.models.vqgan import load_vqgan
+
+    reference = build_vqgan(TINY, "taming.models.vqgan.VQModel")
+    state = {f"first_stage_model.{k}": v for k, v in reference.state_dict().items()}
+    state["transformer.tok_emb.weight"] = torch.zeros(8, 4)
+    torch.save({"state_dict": state}, tmp_path / "sflckr.ckpt")
+    config = {
+        "model": {
+            "target": "taming.models.cond_transformer.Net2NetTransformer",
+            "params": {"first_stage_config": {"target": "taming.models.vqgan.VQModel", "params": TINY}},
+        }
+    }
+    (tmp_path / "sflckr.yaml").write_text(yaml.safe_dump(config))
+    model = load_vqgan(tmp_path / "sflckr.yaml", tmp_path / "sflckr.ckpt")
+    assert torch.equal(model.codebook, reference.codebook)
+
+
+def test_gumbel_vqgan_builds_with_its_codebook_and_decodes():
+    params = {**TINY, "kl_weight": 1e-8}
+    model = build_vqgan(params, "taming.models.vqgan.GumbelVQ")
+    assert model.codebook.shape == (TINY["n_embed"], TINY["embed_dim"])
+    assert "quantize.embed.weight" in model.state_dict() and "quantize.proj.weight" in model.state_dict()
+    latents = model.codebook[:16].T.reshape(1, TINY["embed_dim"], 4, 4)
+    assert model.decode(latents).shape == (1, 3, 32, 32)
+
+
+def test_a_checkpoint_that_does_not_match_its_config_is_reported(tmp_path):
+    from vqclip.models.vqgan import load_vqgan
+
+    torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(1)}}, tmp_path / "x.ckpt")
+    (tmp_path / "x.yaml").write_bytes(taming_config())
+    with pytest.raises(ModelError, match="does not match"):
+        load_vqgan(tmp_path / "x.yaml", tmp_path / "x.ckpt")
