@@ -6,16 +6,20 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.states import Completed, Failed
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.states import Completed, Failed, State
 from pydantic import BaseModel
 
+from flows.dispatch import dispatch_shards
 from tasks.generation import generate_shard
 from tasks.retry import PERMANENT
 from tasks.reporting import publish_artifacts, write_reports
 from tasks.scoring import score_images
 from vqclip import layout
 from vqclip.manifest import load_manifest, shards
-from vqclip.runs import new_run_id, read_manifest_source, stage_inputs
+from vqclip.records import PlanRecord
+from vqclip.runs import new_run_id, put_json, read_manifest_source, stage_inputs
 from vqclip.settings import get_settings
 from vqclip.storage import open_store
 
@@ -33,19 +37,37 @@ class RunSummary(BaseModel):
 
 
 @flow(name="batch-generate", retries=1, retry_delay_seconds=10, persist_result=False)
-def batch_generate(manifest: str, storage: str | None = None, run_id: str | None = None, preset: str | None = None):
+def batch_generate(
+    manifest: str,
+    storage: str | None = None,
+    run_id: str | None = None,
+    preset: str | None = None,
+    shard_deployment: str | None = None,
+):
     """Generate, score and rank every image a manifest asks for; re-running with the same run id resumes.
 
     Transient faults fail the attempt and Prefect retries the flow, which resumes; faults no retry can
-    fix (bad manifest, missing weights, refused credentials) end the run Failed at once.
+    fix (bad manifest, missing weights, refused credentials) end the run Failed at once. With
+    `shard_deployment`, shards run as flow runs of that deployment (GPU workers) instead of here.
     """
     try:
-        return _run_batch(manifest, storage, run_id, preset)
+        return _run_batch(manifest, storage, run_id, preset, shard_deployment)
     except PERMANENT as exc:
-        return Failed(message=f"{type(exc).__name__}: {exc}")
+        return _fail_without_retry(f"{type(exc).__name__}: {exc}")
 
 
-def _run_batch(manifest: str, storage: str | None, run_id: str | None, preset: str | None):
+def _fail_without_retry(message: str) -> State:
+    """A Failed state that ends the run now. Prefect's server turns any Failed into AwaitingRetry while a
+    flow has retries left (flows ignore `retriable`), so first mark this run as having no retries left."""
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        policy = context.flow_run.empirical_policy.model_copy(update={"retries": 0})
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(context.flow_run.id, empirical_policy=policy)
+    return Failed(message=message)
+
+
+def _run_batch(manifest: str, storage: str | None, run_id: str | None, preset: str | None, shard_deployment: str | None):
     logger = get_run_logger()
     storage = storage or get_settings().storage
     store = open_store(storage)
@@ -61,10 +83,14 @@ def _run_batch(manifest: str, storage: str | None, run_id: str | None, preset: s
 
     progress = create_progress_artifact(0.0, description=f"Shards finished, run {run_id}")
     failures: dict[str, str] = {}
-    for number, batch in enumerate(batches, start=1):
-        outcome = generate_shard(batch, storage, run_id)
-        failures.update(outcome.failed)
-        update_progress_artifact(progress, 100.0 * number / len(batches))
+    if shard_deployment:
+        put_json(store, layout.plan_key(run_id), PlanRecord(run_id=run_id, shards=batches))
+        failures = dispatch_shards(shard_deployment, storage, run_id, batches, progress)
+    else:
+        for number, batch in enumerate(batches, start=1):
+            outcome = generate_shard(batch, storage, run_id)
+            failures.update(outcome.failed)
+            update_progress_artifact(progress, 100.0 * number / len(batches))
 
     scorer = items[0].models.scorer
     records = score_images(storage, run_id, scorer)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -12,16 +10,9 @@ from tasks.retry import transient_only
 from vqclip import generate as engine
 from vqclip.items import WorkItem
 from vqclip.models.loader import load_models
+from vqclip.records import ShardOutcome
 from vqclip.runs import commit_result, pending_items, read_inputs
 from vqclip.storage import open_store
-
-
-@dataclass
-class ShardOutcome:
-    """What became of a shard's items."""
-
-    done: list[str]
-    failed: dict[str, str]
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -41,7 +32,7 @@ def run_items(items: list[WorkItem], models, store, run_id: str, logger) -> Shar
         if models.device.type == "cuda":
             torch.cuda.empty_cache()
         first, second = run_items(items[:half], models, store, run_id, logger), run_items(items[half:], models, store, run_id, logger)
-        return ShardOutcome(first.done + second.done, {**first.failed, **second.failed})
+        return ShardOutcome(done=first.done + second.done, failed={**first.failed, **second.failed})
     for item, result in zip(items, results):
         attempt = 1
         if not result.ok:

@@ -43,6 +43,16 @@ def sidecar_key(run_id: str, item_id: str) -> str:
     return f"{items_prefix(run_id)}{_id(item_id)}.json"
 
 
+def plan_key(run_id: str) -> str:
+    """The run's work items grouped into shards, read by shard flows on remote workers."""
+    return f"{run_prefix(run_id)}plan.json"
+
+
+def shard_outcome_key(run_id: str, shard: int) -> str:
+    """What a remote shard run did: its done and failed items."""
+    return f"{run_prefix(run_id)}shards/{int(shard):05d}.json"
+
+
 def input_key(run_id: str, digest: str) -> str:
     """An image prompt or init image, stored by the sha256 of its bytes so every worker can read it."""
     return f"{run_prefix(run_id)}inputs/{_id(digest)}"

@@ -118,3 +118,17 @@ class Ranking(BaseModel):
     run_id: str
     scorer: str
     prompts: list[PromptRanking]
+
+
+class PlanRecord(BaseModel):
+    """`runs/<run-id>/plan.json`: the run's work items, grouped into shards."""
+
+    run_id: str
+    shards: list[list[WorkItem]]
+
+
+class ShardOutcome(BaseModel):
+    """What became of a shard's items."""
+
+    done: list[str] = []
+    failed: dict[str, str] = {}

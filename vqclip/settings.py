@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     storage: str = Field("./vqclip-output", description="Output store: a folder, file://..., or s3://bucket/prefix.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (SeaweedFS, MinIO...).")
     s3_path_style: bool = Field(True, description="Path-style addressing (needed by most self-hosted S3 stores).")
+    shard_attempts: int = Field(3, gt=0, description="Dispatches of a remote shard before its items count as failed.")
+    shard_timeout: float = Field(6 * 3600, gt=0, description="Seconds a batch waits for its remote shards.")
     max_prompts: int = Field(1000, gt=0, description="Prompts allowed in one manifest.")
     max_images_per_prompt: int = Field(64, gt=0, description="Images allowed per prompt.")
     max_side: int = Field(1024, gt=0, description="Largest width or height in pixels.")
