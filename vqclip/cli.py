@@ -285,6 +285,52 @@ def show(
         console.print(_summary_table(storage or get_settings().storage, run_id))
 
 
+@app.command()
+def submit(
+    manifest: Annotated[Path, typer.Argument(help="Local manifest file to upload.", exists=True, dir_okay=False)],
+    storage: Annotated[Optional[str], typer.Option(help="The store whose inbox the watcher reads.")] = None,
+    now: Annotated[bool, typer.Option("--now", help="Also start batch-generate on the Prefect server at once.")] = False,
+    deployment: Annotated[str, typer.Option(help="Deployment --now starts.")] = "batch-generate/batch-generate",
+    shard_deployment: Annotated[str, typer.Option(help="Deployment the batch fans shards out to.")] = "generate-shard/generate-shard",
+) -> None:
+    """Validate a manifest here, upload it to the storage inbox, and print its key (and, with --now, the run's URL)."""
+    from vqclip import layout
+    from vqclip.runs import new_run_id
+    from vqclip.settings import get_settings
+
+    storage = storage or get_settings().storage
+    with user_errors():
+        data, name, parsed, items = _load_plan(str(manifest), storage, None)
+        local = [source for source in parsed.sources() if not source.startswith("store:")]
+        if local:
+            raise VqclipError(
+                f"{name}: workers cannot read local images ({', '.join(local)}); upload them to the store "
+                f"and name them as store:KEY"
+            )
+        store = open_store(storage)
+        if now:
+            run_id = new_run_id(name, data)
+            key = f"{layout.CLAIMED}{run_id}{manifest.suffix.lower()}"
+        else:
+            key = f"{layout.INBOX}{manifest.name}"
+            if store.exists(key):
+                raise VqclipError(f"{store.url(key)} is already waiting in the inbox; rename the file to submit it again")
+        store.put_bytes(key, data)
+    console.print(f"uploaded {len(items)} images' manifest to [bold]{store.url(key)}[/]")
+    if now:
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_UI_URL
+
+        flow_run = run_deployment(
+            deployment,
+            parameters={"manifest": store.url(key), "storage": storage, "run_id": run_id, "shard_deployment": shard_deployment},
+            idempotency_key=f"batch-{run_id}",
+            timeout=0,
+        )
+        ui = PREFECT_UI_URL.value()
+        console.print(f"started run {run_id}: {ui}/runs/flow-run/{flow_run.id}" if ui else f"started run {run_id} (flow run {flow_run.id})")
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
