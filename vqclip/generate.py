@@ -273,14 +273,15 @@ def generate(
 
 
 def _similarity_labels(items: list[WorkItem], models: Models) -> list[list[tuple[int, str]]]:
-    """For each item, (column in the similarity trace, 'guide: prompt part') pairs."""
+    """For each item, (column in the similarity trace, 'guide: prompt part') pairs.
+
+    The trace has one block of columns per guide, each as wide as the batch's longest target list.
+    """
+    width = max(len(item.parts) + len(item.image_prompts) for item in items)
     labels = []
     for item in items:
         names = [p.text for p in item.parts] + [f"image:{p.source}" for p in item.image_prompts]
-        columns, offset = [], 0
-        for clip, _ in models.guides:
-            width = max(len(i.parts) + len(i.image_prompts) for i in items)
-            columns += [(offset + j, f"{clip.name}: {name}") for j, name in enumerate(names)]
-            offset += width
-        labels.append(columns)
+        labels.append(
+            [(g * width + j, f"{clip.name}: {name}") for g, (clip, _) in enumerate(models.guides) for j, name in enumerate(names)]
+        )
     return labels
