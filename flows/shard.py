@@ -11,7 +11,7 @@ from vqclip.runs import put_json
 from vqclip.storage import open_store
 
 
-@flow(name="generate-shard", retries=1, retry_delay_seconds=10, persist_result=False)
+@flow(name="generate-shard", persist_result=False)
 def generate_shard_flow(storage: str, run_id: str, shard: int) -> ShardOutcome:
     """Generate shard `shard` of run `run_id` (read from its plan.json) and record the outcome in storage."""
     store = open_store(storage)

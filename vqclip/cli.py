@@ -237,7 +237,9 @@ def run(
         with user_errors():
             console.print(_summary_table(storage, run_id))
     if not state.is_completed():
-        errors.print(f"[bold red]error:[/] run {run_id} did not finish: {state.message}", highlight=False, soft_wrap=True)
+        resume = f"vqclip run {manifest} --storage {storage} --run-id {run_id}"
+        hint = "" if resume in (state.message or "") else f" Resume with: {resume}"
+        errors.print(f"[bold red]error:[/] run {run_id} did not finish: {state.message}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"all {len(items)} images done; gallery: {store.url(layout.gallery_key(run_id))}")
 

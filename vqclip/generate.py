@@ -212,41 +212,55 @@ def generate(
             decoded = models.vqgan.decode(quantised)
         return _ClampWithGrad.apply(decoded.float().add(1).div(2), 0.0, 1.0)
 
-    per_item_loss = torch.zeros(len(items), device=device)
-    for step in range(gen.steps):
-        optimiser.zero_grad(set_to_none=True)
-        pixels = decode(z)
-        per_item_loss = torch.zeros(len(items), device=device)
+    def chunk_loss(chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-item losses and guide similarities of the items in `chunk`."""
+        count = len(range(*chunk.indices(len(items))))
+        pixels = decode(z[chunk])
+        loss = torch.zeros(count, device=device)
         similarities = []
         for target, clip, guide_weight in targets:
             cutouts = make_cutouts(
-                pixels, generators, gen.cutouts, clip.image_size, gen.cut_pow, gen.augment, gen.noise_fac
+                pixels, generators[chunk], gen.cutouts, clip.image_size, gen.cut_pow, gen.augment, gen.noise_fac
             )
             with autocast:
                 embeds = clip.embed_images(cutouts)
-            embeds = embeds.float().view(len(items), gen.cutouts, 1, -1)
-            distances = spherical_distance(embeds, target.embeds[:, None])  # (batch, cutouts, parts)
-            signed = distances * target.weights.sign()[:, None]
-            capped = _replace_grad(torch.maximum(signed, target.stops[:, None]), signed)
-            per_item_loss = per_item_loss + guide_weight * (target.weights.abs() * capped.mean(1)).sum(1)
+            embeds = embeds.float().view(count, gen.cutouts, 1, -1)
+            goal, weights, stops = target.embeds[chunk], target.weights[chunk], target.stops[chunk]
+            signed = spherical_distance(embeds, goal[:, None]) * weights.sign()[:, None]  # (items, cutouts, parts)
+            capped = _replace_grad(torch.maximum(signed, stops[:, None]), signed)
+            loss = loss + guide_weight * (weights.abs() * capped.mean(1)).sum(1)
             with torch.no_grad():
-                cosine = F.cosine_similarity(embeds.mean(1), target.embeds, dim=-1)
-                similarities.append(cosine)
+                similarities.append(F.cosine_similarity(embeds.mean(1), goal, dim=-1))
         if gen.init_weight:
-            per_item_loss = per_item_loss + gen.init_weight * (z - z_init).pow(2).mean((1, 2, 3)) / 2
-        per_item_loss.sum().backward()
+            loss = loss + gen.init_weight * (z[chunk] - z_init[chunk]).pow(2).mean((1, 2, 3)) / 2
+        return loss, torch.cat(similarities, dim=1).detach()
+
+    # Items never interact, so a step may run the batch in chunks, each backward adding its items'
+    # gradients: on a CPU one item at a time is fastest and keeps memory at a single item's.
+    size = runtime.micro_batch or (len(items) if device.type == "cuda" else 1)
+    chunks = [slice(start, start + size) for start in range(0, len(items), size)]
+    per_item_loss = torch.zeros(len(items), device=device)
+    for step in range(gen.steps):
+        optimiser.zero_grad(set_to_none=True)
+        losses, similarities = [], []
+        for chunk in chunks:
+            loss, similarity = chunk_loss(chunk)
+            loss.sum().backward()
+            losses.append(loss.detach())
+            similarities.append(similarity)
+        per_item_loss = torch.cat(losses)
         optimiser.step()
         with torch.no_grad():
             z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
-        history.append(torch.cat(similarities, dim=1).detach())
+        history.append(torch.cat(similarities))
         if gen.save_every and (step + 1) % gen.save_every == 0 and step + 1 < gen.steps:
             with torch.no_grad():
-                frames.append(_to_pil(decode(z)))
+                frames.append(_to_pil(torch.cat([decode(z[chunk]) for chunk in chunks])))
         if progress:
             progress(step + 1, gen.steps)
 
     with torch.no_grad():
-        final = _to_pil(decode(z))
+        final = _to_pil(torch.cat([decode(z[chunk]) for chunk in chunks]))
     trace = torch.stack(history).cpu()  # (steps, batch, guide parts); one host sync per batch
     losses = per_item_loss.detach().cpu()
     finite = torch.isfinite(losses) & torch.isfinite(z.detach()).flatten(1).all(1).cpu()

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         description="bf16 autocast for CLIP and the VQGAN decoder (CUDA, and CPUs with native bf16): faster, "
         "but an item's pixels then depend on which items share its batch.",
     )
+    micro_batch: int = Field(
+        0, ge=0, description="Items per forward/backward pass within a batch; 0: 1 on CPU, the whole batch on CUDA."
+    )
     storage: str = Field("./vqclip-output", description="Output store: a folder, file://..., or s3://bucket/prefix.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (SeaweedFS, MinIO...).")
     s3_path_style: bool = Field(True, description="Path-style addressing (needed by most self-hosted S3 stores).")

@@ -1,0 +1,46 @@
+"""The planning task: read and validate the manifest, plan its items, and stage the run's inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from tasks.retry import transient_only
+from vqclip import layout
+from vqclip.items import WorkItem
+from vqclip.manifest import load_manifest
+from vqclip.runs import new_run_id, read_manifest_source, stage_inputs
+from vqclip.storage import open_store
+
+
+class PreparedRun(BaseModel):
+    """A validated, planned run whose manifest and image inputs are in the store."""
+
+    run_id: str
+    manifest_name: str
+    items: list[WorkItem]
+    batch_size: int
+
+
+@task(
+    name="prepare-run",
+    retries=3,
+    retry_delay_seconds=[2, 5, 10],
+    retry_condition_fn=transient_only,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def prepare_run(manifest: str, storage: str, run_id: str | None, preset: str | None) -> PreparedRun:
+    """Validate the whole manifest before writing anything, then keep a copy of it and its images in the run."""
+    store = open_store(storage)
+    data, name, base_dir = read_manifest_source(manifest)
+    parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
+    read_store = lambda source: store.get_bytes(source[len("store:") :])  # noqa: E731
+    items = parsed.plan(read_source=read_store)
+    run_id = layout.check_run_id(run_id or new_run_id(name, data))
+    store.put_bytes(layout.manifest_key(run_id, Path(name).suffix.lower()), data)
+    stage_inputs(store, run_id, items, lambda source: parsed.read_bytes(source, read_store))
+    return PreparedRun(run_id=run_id, manifest_name=name, items=items, batch_size=parsed.batch_size)
