@@ -8,11 +8,25 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import transient_only
 from vqclip import generate as engine
+from vqclip.generate import GenerationResult
 from vqclip.items import WorkItem
 from vqclip.models.loader import load_models
 from vqclip.records import ShardOutcome
 from vqclip.runs import commit_result, pending_items, read_inputs
-from vqclip.storage import open_store
+from vqclip.storage import ObjectStore, open_store
+
+
+@task(
+    name="commit-image",
+    retries=5,
+    retry_delay_seconds=[1, 2, 4, 8, 16],
+    retry_condition_fn=transient_only,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def commit_image(store: ObjectStore, run_id: str, item: WorkItem, result: GenerationResult, device: str, attempt: int) -> None:
+    """Store one finished image and its sidecar; retried on its own so a storage outage costs no GPU work."""
+    commit_result(store, run_id, item, result, device, attempt)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -41,7 +55,7 @@ def run_items(items: list[WorkItem], models, store, run_id: str, logger) -> Shar
             (result,) = engine.generate([item.model_copy(update={"settings": slower})], models, images=read_inputs(store, run_id, [item]))
             attempt = 2
         if result.ok:
-            commit_result(store, run_id, item, result, str(models.device), attempt)
+            commit_image(store, run_id, item, result, str(models.device), attempt)
             outcome.done.append(item.item_id)
         else:
             outcome.failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"

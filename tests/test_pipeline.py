@@ -116,10 +116,14 @@ def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monk
         return original(self, key, data, content_type)
 
     monkeypatch.setattr(LocalStore, "put_bytes", flaky)
-    monkeypatch.setattr(generation.generate_shard, "retry_delay_seconds", [0, 0, 0])
+    monkeypatch.setattr(generation.commit_image, "retry_delay_seconds", [0] * 5)
+    generated = []
+    original_generate = generation.engine.generate
+    monkeypatch.setattr(generation.engine, "generate", lambda items, *a, **k: generated.extend(items) or original_generate(items, *a, **k))
     storage = str(tmp_path / "out")
     assert run(manifest, storage, "flaky").is_completed()
     assert failures["left"] == 0
+    assert len(generated) == ITEMS, "a failed write is retried on its own: no image is generated twice"
     check_complete_run(open_store(storage), "flaky", ITEMS)
 
 
