@@ -20,27 +20,35 @@ import torch
 from vqclip.generate import generate
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.loader import load_models
+from vqclip.settings import Settings
+
+
+def bench_items(spec, batch: int, size: int, cutouts: int, steps: int) -> list[WorkItem]:
+    """`batch` distinct work items of one shape, as a benchmark shard."""
+    settings = GenerationSettings(width=size, height=size, steps=steps, cutouts=cutouts)
+    return [
+        WorkItem(prompt_id="bench", prompt=f"a lighthouse at dawn, study {i}", seed=i, settings=settings, models=spec)
+        for i in range(batch)
+    ]
+
+
+def step_times(models, items: list[WorkItem], runtime: Settings | None = None) -> list[float]:
+    """Wall time of every optimisation step of one `generate` call (the GPU is synchronised per step)."""
+    stamps = [time.perf_counter()]
+
+    def tick(done: int, total: int) -> None:
+        if models.device.type == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    generate(items, models, settings=runtime, progress=tick)
+    return [b - a for a, b in zip(stamps[1:-1], stamps[2:])]
 
 
 def seconds_per_step(preset: str, size: int, cutouts: int, batch: int, repeats: int, device: str) -> float:
-    """Median wall time of one optimisation step for `batch` items (after one warm-up step)."""
+    """Median wall time of one optimisation step for `batch` items, the first step (warm-up) left out."""
     models = load_models(preset, device=device, include_scorer=False)
-    settings = GenerationSettings(width=size, height=size, steps=1, cutouts=cutouts)
-    items = [
-        WorkItem(prompt_id="bench", prompt=f"a lighthouse at dawn, study {i}", seed=i, settings=settings, models=models.spec)
-        for i in range(batch)
-    ]
-    times = []
-    for run in range(repeats + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        generate(items, models)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if run:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 2)))
 
 
 def main() -> None:

@@ -1,0 +1,56 @@
+"""Fill a weight cache with the default preset's files, in their real formats, holding random weights.
+
+    python -m benchmarks.fake_cache CACHE_DIR
+
+For measuring load time from a local cache on a machine that cannot download the real weights:
+the files have the real sizes and formats (taming YAML + Lightning-style checkpoint, open_clip
+state dicts), so loading them exercises the same code and the same bytes as the real ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from vqclip.items import models_for_preset
+from vqclip.models.download import Wanted
+from vqclip.models.loader import RANDOM_WEIGHTS_SEED, required_files
+from vqclip.models.clip import _random_clip
+from vqclip.models.presets import get_vqgan_spec, split_clip_name
+from vqclip.models.vqgan import build_vqgan
+from vqclip.settings import Settings
+
+
+def fill(cache: Path, preset: str = "default") -> list[Path]:
+    """Write every file `preset` needs into `cache`; return their paths."""
+    settings = Settings(cache_dir=cache)
+    spec = models_for_preset(preset)
+    vq = get_vqgan_spec(spec.vqgan)
+    written = []
+    for wanted in required_files(spec, settings):
+        wanted.path.parent.mkdir(parents=True, exist_ok=True)
+        if wanted.remote == vq.config:
+            config = {"model": {"target": vq.target, "params": vq.architecture}}
+            wanted.path.write_text(yaml.safe_dump(config))
+        elif wanted.remote == vq.checkpoint:
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            torch.save({"global_step": 0, "state_dict": build_vqgan(vq.architecture, vq.target).state_dict()}, wanted.path)
+        else:
+            clip = next(name for name in [g for g, _ in spec.guides] + [spec.scorer] if _owns(name, wanted, settings))
+            torch.save(_random_clip(split_clip_name(clip)[0]).state_dict(), wanted.path)
+        written.append(wanted.path)
+    return written
+
+
+def _owns(clip: str, wanted: Wanted, settings: Settings) -> bool:
+    from vqclip.models.clip import clip_weight_file
+
+    return clip_weight_file(clip, settings) == wanted
+
+
+if __name__ == "__main__":
+    for path in fill(Path(sys.argv[1])):
+        print(path)

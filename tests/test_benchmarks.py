@@ -1,0 +1,28 @@
+"""The benchmark harness still runs (quick mode, tiny models); no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_harness_runs_in_quick_mode_and_writes_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--device", "cpu", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {"machine", "engine", "memory", "model_load", "orchestration", "scoring"} <= set(results)
+    assert [row["batch"] for row in results["engine"]] == [1, 4]
+    assert all(row["s_per_step"] > 0 for row in results["engine"])
+    assert results["orchestration"]["items"] == 16 and results["scoring"]["images_per_s"] > 0
+    for heading in ("1. engine", "2. memory", "3. model load", "4. orchestration", "5. scoring"):
+        assert heading in done.stdout
