@@ -11,10 +11,14 @@ import fcntl
 import hashlib
 import logging
 import os
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -81,6 +85,20 @@ def _lock(path: Path):
 
 class _ChecksumMismatch(Exception):
     pass
+
+
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vqclip-dns")
+
+
+def _resolves(url: str, timeout: float) -> bool:
+    """Whether the URL's host resolves within `timeout` (requests' timeouts do not cover DNS)."""
+    parts = urlsplit(url)
+    lookup = _resolver.submit(socket.getaddrinfo, parts.hostname, parts.port or (80 if parts.scheme == "http" else 443))
+    try:
+        lookup.result(timeout=timeout)
+    except (OSError, FutureTimeout):
+        return False
+    return True
 
 
 def _download(url: str, wanted: Wanted, connect_timeout: float, progress: Progress) -> None:
@@ -167,8 +185,11 @@ def ensure_files(files: list[Wanted], settings: Settings) -> None:
                     if remaining <= 0:
                         reasons.append(f"{url}: not tried, no time left to connect")
                         continue
+                    if not _resolves(url, remaining):
+                        reasons.append(f"{url}: cannot connect: host name does not resolve")
+                        continue
                     try:
-                        _download(url, wanted, remaining, progress)
+                        _download(url, wanted, deadline - time.monotonic(), progress)
                         log.info("downloaded %s from %s", wanted.path, url)
                         break
                     except _ChecksumMismatch as exc:
