@@ -303,3 +303,13 @@ def test_local_interrupted_copy_leaves_no_partial_object(tmp_path: Path, monkeyp
 def test_local_put_file_of_missing_source_names_it(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="nope.bin"):
         LocalStore(tmp_path).put_file("k.bin", tmp_path / "nope.bin")
+
+
+def test_an_unfilled_deployment_template_is_not_taken_for_a_folder(tmp_path, monkeypatch):
+    from vqclip.errors import StorageError
+    from vqclip.storage import open_store
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match="unfilled template"):
+        open_store("{{ $VQCLIP_STORAGE }}")
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from vqclip.cli_stack import register as register_stack_commands
 from vqclip.errors import VqclipError
 from vqclip.storage import open_store
 
@@ -331,6 +332,9 @@ def submit(
         )
         ui = PREFECT_UI_URL.value()
         console.print(f"started run {run_id}: {ui}/runs/flow-run/{flow_run.id}" if ui else f"started run {run_id} (flow run {flow_run.id})")
+
+
+register_stack_commands(app)
 
 
 def main() -> None:

@@ -20,6 +20,11 @@ def open_store(uri: str, settings: Settings | None = None) -> ObjectStore:
     """The store `uri` names: a folder or file:// URI (LocalStore), or s3://bucket/prefix (S3Store)."""
     if not uri or not uri.strip():
         raise StorageError(f"no storage location given; use {_FORMS} (VQCLIP_STORAGE)")
+    if "{{" in uri:
+        raise StorageError(
+            f"storage location {uri!r} is an unfilled template: export the variable it names before "
+            f"`prefect deploy`, or leave the parameter empty to use the worker's VQCLIP_STORAGE"
+        )
     parts = urlsplit(uri)
     if not parts.scheme:
         return LocalStore(uri)

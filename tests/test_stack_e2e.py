@@ -1,0 +1,258 @@
+"""Scale-out end to end on one machine: a real Prefect server, SeaweedFS (credentials enforced), a cpu worker
+and two gpu-pool process workers (CPU-only here), the deployments of deployments/prefect.yaml, manifests
+sent with `vqclip submit`. A worker and its flow-run process killed mid-shard lose and duplicate nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+
+from tests.stack_fixtures import local_stack, stack_logs  # noqa: F401  (local_stack: the fixture)
+from tests.test_pipeline import check_complete_run, item_ids
+from vqclip import layout
+from vqclip.settings import get_settings
+from vqclip.stack import StackState, client_env, descendants, is_alive, prefect_client, zombie_automation
+from vqclip.storage import open_store
+
+pytestmark = pytest.mark.slow
+
+# batch_size 1: every item is a shard of its own, so both gpu workers get some.
+MANIFEST = """\
+name: stack {name}
+defaults: {{preset: tiny, width: 64, height: 64, steps: {steps}, cutouts: 4, n: 2, batch_size: 1}}
+prompts:
+  - {{id: fox, text: "a red fox:1 | blurry:-0.5"}}
+  - {{id: sea, text: a blue sea}}
+"""
+ITEMS = 4
+RUN_TIMEOUT_S = 240.0
+# Killed flow runs are marked Crashed ZOMBIE_WITHIN_S (75) after their last heartbeat, plus up to 5 s of
+# trigger evaluation; the re-dispatched shard then needs a worker poll, a process start and the steps.
+FAULT_RUN_TIMEOUT_S = 330.0
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def stack(local_stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[StackState]:  # noqa: F811
+    """The session's stack, with this process's S3 settings pointed at its store."""
+    for name, value in local_stack.client_env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield local_stack
+    get_settings.cache_clear()
+
+
+def wait_until(what: str, check: Callable[[], T | None], timeout: float, state: StackState, every: float = 1.0) -> T:
+    """Poll `check` until it returns something other than None; fail with the stack's logs after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: nothing after {timeout:.0f} s\n{stack_logs(state)}")
+        time.sleep(every)
+
+
+def vqclip(state: StackState, *args: str) -> str:
+    """Run the `vqclip` command line as a user would, with the environment `vqclip up` prints."""
+    env = {**client_env(state), "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-m", "vqclip.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"vqclip {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def flow_runs(state: StackState, deployment: str, run_id: str | None = None) -> list[FlowRun]:
+    """Flow runs of the deployment named `deployment` (of this vqclip run, when given), oldest first."""
+    with prefect_client(state) as client:
+        found = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+    found = [r for r in found if run_id is None or r.parameters.get("run_id") == run_id]
+    return sorted(found, key=lambda r: r.created)
+
+
+def read_flow_run(state: StackState, flow_run_id: UUID) -> FlowRun:
+    with prefect_client(state) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def final(state: StackState, flow_run_id: UUID) -> FlowRun | None:
+    run = read_flow_run(state, flow_run_id)
+    return run if run.state is not None and run.state.is_final() else None
+
+
+def worker_of(run: FlowRun) -> str | None:
+    """The worker that ran a flow run: Prefect 3.9's workers label each run they submit."""
+    return run.labels.get("prefect.worker.name")
+
+
+def heartbeats(state: StackState, flow_run_id: UUID) -> list[dict[str, Any]]:
+    """The `prefect.flow-run.heartbeat` events the server has for one flow run."""
+    since = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+            "occurred": {"since": since},
+        },
+        "limit": 50,
+    }
+    response = httpx.post(f"{state.api_url}/events/filter", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()["events"]
+
+
+def check_items_exactly(store, run_id: str, expected: int) -> None:
+    """Exactly one PNG and one sidecar per planned item, nothing else under items/."""
+    keys = store.list(layout.items_prefix(run_id))
+    assert len(keys) == 2 * expected, keys
+    assert item_ids(store, run_id, ".png") == item_ids(store, run_id, ".json")
+
+
+def artifacts_by_type(state: StackState, flow_run_id: UUID) -> dict[str, Any]:
+    with prefect_client(state) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.type: artifact for artifact in found}
+
+
+def start_watcher(state: StackState) -> UUID:
+    """Run the watch-inbox deployment now instead of waiting for its schedule."""
+    with prefect_client(state) as client:
+        deployment = client.read_deployment_by_name("watch-inbox/watch-inbox")
+        return client.create_flow_run_from_deployment(deployment.id).id
+
+
+def test_submitted_manifest_is_claimed_and_generated_across_both_gpu_workers(stack: StackState, tmp_path: Path):
+    started = time.monotonic()
+    manifest = tmp_path / "e2e-watch.yaml"
+    manifest.write_text(MANIFEST.format(name="watch", steps=4))
+    out = vqclip(stack, "submit", str(manifest))
+    assert f"{stack.storage}/{layout.INBOX}e2e-watch.yaml" in out, out
+
+    def claimed_batch_run() -> FlowRun | None:
+        runs = [r for r in flow_runs(stack, "batch-generate") if str(r.parameters.get("run_id", "")).startswith("e2e-watch-")]
+        return runs[0] if runs else None
+
+    # A scheduled watcher tick may claim it first; a manual run that collides with one is cancelled
+    # (the deployment's concurrency limit is 1, CANCEL_NEW), so start another until a batch run exists.
+    batch = None
+    deadline = time.monotonic() + 150
+    while batch is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no batch run was started for the submitted manifest\n{stack_logs(stack)}")
+        watcher = start_watcher(stack)
+        wait_until("the watcher to end or a batch run to start", lambda: claimed_batch_run() or final(stack, watcher), 120, stack)
+        batch = claimed_batch_run()
+    run_id = batch.parameters["run_id"]
+    assert batch.parameters["shard_deployment"] == "generate-shard/generate-shard"
+    assert batch.parameters["manifest"] == f"{stack.storage}/{layout.CLAIMED}{run_id}.yaml"
+
+    done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), RUN_TIMEOUT_S, stack, every=2)
+    elapsed = time.monotonic() - started
+    assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
+    assert worker_of(done) == "cpu-1" and done.work_pool_name == "cpu"
+
+    store = open_store(stack.storage)
+    check_complete_run(store, run_id, ITEMS)
+    check_items_exactly(store, run_id, ITEMS)
+    assert store.list(layout.INBOX) == []
+
+    shards = flow_runs(stack, "generate-shard", run_id)
+    assert sorted(r.parameters["shard"] for r in shards) == list(range(ITEMS)), [r.parameters for r in shards]
+    assert all(r.state.type == StateType.COMPLETED for r in shards)
+    assert {r.work_pool_name for r in shards} == {"gpu"}
+    assert {worker_of(r) for r in shards} == {"gpu-1", "gpu-2"}, [(r.name, r.labels) for r in shards]
+    # The process worker records each flow run's process id (a plain pid) as its infrastructure pid.
+    assert len({r.infrastructure_pid for r in shards}) == ITEMS and all(r.infrastructure_pid.isdigit() for r in shards)
+    # Heartbeats flow: every shard run sent at least one (the zombie detection depends on them). The
+    # server stores events in batches, so the last ones may take a few seconds to be readable.
+    wait_until("a heartbeat from every shard run", lambda: True if all(heartbeats(stack, r.id) for r in shards) else None, 30, stack)
+
+    by_type = artifacts_by_type(stack, batch.id)
+    assert {"table", "markdown", "progress"} <= set(by_type), sorted(by_type)
+    table = by_type["table"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert sorted(row["item_id"] for row in table) == item_ids(store, run_id, ".json")
+    assert float(by_type["progress"].data) == 100.0
+    print(f"\nwatch -> {ITEMS} shards on 2 gpu workers -> ranked: {elapsed:.0f} s")
+
+
+def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: StackState, tmp_path: Path):
+    started = time.monotonic()
+    with prefect_client(stack) as client:
+        (automation,) = client.read_automations_by_name(zombie_automation().name)
+    assert automation.enabled and automation.trigger.posture == "Proactive"
+
+    manifest = tmp_path / "e2e-fault.yaml"
+    manifest.write_text(MANIFEST.format(name="fault", steps=120))
+    out = vqclip(stack, "submit", "--now", str(manifest))
+    match = re.search(r"started run (\S+?):? ", out)
+    assert match, out
+    run_id = match.group(1)
+    (batch,) = flow_runs(stack, "batch-generate", run_id)
+
+    worker = stack.process("worker-gpu-1")
+
+    def running_on_gpu_1() -> FlowRun | None:
+        for run in flow_runs(stack, "generate-shard", run_id):
+            if run.state.type == StateType.RUNNING and worker_of(run) == "gpu-1" and run.infrastructure_pid and heartbeats(stack, run.id):
+                return run
+        return None
+
+    victim = wait_until("a shard running on gpu-1 that has sent a heartbeat", running_on_gpu_1, 150, stack, every=0.3)
+    flow_pid = int(victim.infrastructure_pid)
+    # The flow-run process is the worker's child, in a session of its own: kill both, by pid, like a lost machine.
+    assert flow_pid in descendants([worker.pid]) and os.getpgid(flow_pid) == flow_pid
+    os.killpg(worker.pid, signal.SIGKILL)
+    os.killpg(flow_pid, signal.SIGKILL)
+    killed_at, killed_wall = time.monotonic(), datetime.now(timezone.utc)
+    wait_until("the killed processes to be gone", lambda: True if not (is_alive(worker.pid) or is_alive(flow_pid)) else None, 10, stack, 0.1)
+    shard = victim.parameters["shard"]
+
+    done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), FAULT_RUN_TIMEOUT_S, stack, every=2)
+    elapsed = time.monotonic() - started
+    assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
+
+    crashed = read_flow_run(stack, victim.id)
+    assert crashed.state.type == StateType.CRASHED, crashed.state
+    assert "No heartbeat" in (crashed.state.message or ""), crashed.state.message
+    last_beat = max(datetime.fromisoformat(e["occurred"].replace("Z", "+00:00")) for e in heartbeats(stack, victim.id))
+    detected_after_kill = (crashed.state.timestamp - killed_wall).total_seconds()
+    detected_after_beat = (crashed.state.timestamp - last_beat).total_seconds()
+
+    attempts = [r for r in flow_runs(stack, "generate-shard", run_id) if r.parameters["shard"] == shard]
+    assert [r.idempotency_key for r in attempts] == [f"{run_id}-shard-{shard}-attempt-{n}" for n in (1, 2)]
+    assert attempts[1].state.type == StateType.COMPLETED and worker_of(attempts[1]) == "gpu-2"
+    shards = flow_runs(stack, "generate-shard", run_id)
+    assert sorted({r.parameters["shard"] for r in shards}) == list(range(ITEMS))
+    assert all(r.state.type == StateType.COMPLETED for r in shards if r.id != victim.id)
+
+    store = open_store(stack.storage)
+    check_complete_run(store, run_id, ITEMS)
+    check_items_exactly(store, run_id, ITEMS)
+    print(
+        f"\nshard marked Crashed {detected_after_kill:.0f} s after the kill ({detected_after_beat:.0f} s after its last "
+        f"heartbeat); kill -> run complete {time.monotonic() - killed_at:.0f} s; whole test {elapsed:.0f} s"
+    )

@@ -1,0 +1,583 @@
+"""A local scale-out stack on one machine: Prefect server, SeaweedFS, work pools, deployments, workers.
+
+`start_stack` starts, each in a process session of its own and bound to 127.0.0.1 on free ports:
+a Prefect server (SQLite in the state folder), a SeaweedFS S3 server with one enforced identity and
+a bucket, a `cpu` worker and N `gpu` workers (process type; CPU-only unless the machine has a
+GPU). It creates the work pools, applies deployments/prefect.yaml and the automation that marks
+zombie flow runs Crashed, and records pids, ports and URLs in `<state>/stack.json` (logs beside it).
+`stop_stack` stops them again by pid, flow-run processes started by the workers included.
+
+Process control here is POSIX-only (Linux: /proc is read to find a worker's flow-run processes).
+Prefect is imported lazily: the engine modules stay free of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from vqclip.errors import VqclipError
+from vqclip.seaweedfs import PORT_NAMES, SeaweedServer, can_bind, free_ports
+
+if TYPE_CHECKING:
+    from prefect.automations import AutomationCore
+    from prefect.client.orchestration import SyncPrefectClient
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path(".vqclip-stack")
+STATE_FILE = "stack.json"
+ENV_FILE = "env.sh"
+BUCKET = "vqclip"
+PREFIX = "outputs"
+REGION = "us-east-1"
+CPU_POOL, GPU_POOL = "cpu", "gpu"
+PREFECT_FILE = Path("deployments") / "prefect.yaml"
+SHARD_DEPLOYMENT = "generate-shard/generate-shard"
+# Flow runs send a heartbeat every HEARTBEAT_S (Prefect's minimum is 30); a run that sent one and
+# then neither another nor a terminal state within ZOMBIE_WITHIN_S is marked Crashed.
+HEARTBEAT_S = 30
+ZOMBIE_WITHIN_S = 75
+ZOMBIE_AUTOMATION = "vqclip-crash-zombie-flow-runs"
+WORKER_QUERY_S = 2  # how often a worker asks for work (Prefect's default, 10 s, slows a small stack)
+
+SERVER_START_TIMEOUT_S = 120.0
+WEED_START_TIMEOUT_S = 60.0
+WORKER_START_TIMEOUT_S = 90.0
+DEPLOY_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 15.0
+POLL_S = 0.5
+
+
+class StackError(VqclipError):
+    """The local stack could not be started or stopped; the message names the log to read."""
+
+
+class ProcessRecord(BaseModel):
+    """One process the stack started: its pid is also its process group id (own session)."""
+
+    name: str
+    pid: int
+    started: int  # start time in clock ticks since boot (/proc/PID/stat), to tell a reused pid apart
+    log: str
+    command: list[str]
+
+
+class StackState(BaseModel):
+    """What `vqclip up` started and where; saved as `<state_dir>/stack.json` (owner-only: it holds the S3 secret)."""
+
+    state_dir: str
+    project_dir: str
+    prefect_home: str
+    api_url: str
+    ui_url: str
+    server_port: int
+    storage: str
+    bucket: str
+    s3_endpoint_url: str
+    s3_ports: dict[str, int]
+    access_key: str
+    secret_key: str
+    socket_dir: str
+    stray_sockets: list[str] = []
+    gpu_workers: int = 0
+    running: bool = False
+    processes: list[ProcessRecord] = []
+
+    def process(self, name: str) -> ProcessRecord:
+        """The record of the process called `name` (e.g. 'worker-gpu-1')."""
+        for record in self.processes:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+    def client_env(self) -> dict[str, str]:
+        """The environment a client of this stack needs (`vqclip submit`, the Prefect CLI, boto3)."""
+        return {
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_UI_URL": self.ui_url,
+            "VQCLIP_STORAGE": self.storage,
+            "VQCLIP_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "VQCLIP_S3_PATH_STYLE": "true",
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": REGION,
+        }
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (index 0 is the state), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _reap(pid: int) -> None:
+    """Collect `pid`'s exit status if it is a child of this process (so it does not linger as a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def is_alive(pid: int, started: int | None = None) -> bool:
+    """Whether `pid` runs (not a zombie) and, given `started`, is still the process that started then."""
+    _reap(pid)
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def descendants(pids: Iterable[int]) -> list[int]:
+    """Every live descendant of `pids`, from a scan of /proc (flow-run processes sit in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Send `sig` to the process group led by `pid`, or to `pid` alone when it leads none."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    except PermissionError:
+        pass
+
+
+def kill_tree(pids: Iterable[int], sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Signal each pid's process group and every descendant's; SIGKILL whatever outlives `timeout`."""
+    pids = [pid for pid in pids if is_alive(pid)]
+    targets = pids + [pid for pid in descendants(pids) if pid not in pids]
+    own = os.getpgid(0)
+    for pid in targets:
+        group = _safe_getpgid(pid)
+        if group is None:
+            continue
+        # A descendant left in our own process group is signalled alone, never the group we run in.
+        if group == own:
+            _kill_one(pid, sig)
+        else:
+            _signal_group(group, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(is_alive(pid) for pid in targets):
+        time.sleep(0.1)
+    for pid in targets:
+        if is_alive(pid):
+            group = _safe_getpgid(pid)
+            if group is not None and group != own:
+                _signal_group(group, signal.SIGKILL)
+            _kill_one(pid, signal.SIGKILL)
+
+
+def _safe_getpgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _kill_one(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(path: str | Path, lines: int = 40) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _spawn(name: str, command: list[str], log: Path, env: dict[str, str], cwd: Path) -> ProcessRecord:
+    """Start `command` in a session of its own, output appended to `log`."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return ProcessRecord(name=name, pid=process.pid, started=_start_ticks(process.pid) or 0, log=str(log), command=command)
+
+
+def wait_for(what: str, ready: Callable[[], bool], timeout: float, record: ProcessRecord | None = None) -> None:
+    """Poll `ready` until it is true; raise StackError naming `what` and the log tail after `timeout`,
+    or at once when `record`'s process exits."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        if record is not None and not is_alive(record.pid):
+            raise StackError(f"{what}: {record.name} exited while starting; log {record.log}, tail:\n{log_tail(record.log)}")
+        try:
+            if ready():
+                return
+        except Exception as exc:  # any failure here only means: not ready yet
+            last = f" (last: {type(exc).__name__}: {exc})"
+        if time.monotonic() > deadline:
+            where = f"; log {record.log}, tail:\n{log_tail(record.log)}" if record else ""
+            raise StackError(f"{what}: not ready after {timeout:.0f} s{last}{where}")
+        time.sleep(POLL_S)
+
+
+def _prefect_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+# ---------------------------------------------------------------- state
+
+
+def state_path(state_dir: str | Path) -> Path:
+    """Where the stack's state file lives."""
+    return Path(state_dir) / STATE_FILE
+
+
+def load_state(state_dir: str | Path = DEFAULT_STATE_DIR) -> StackState | None:
+    """The saved stack state, or None when `state_dir` holds none."""
+    path = state_path(state_dir)
+    if not path.is_file():
+        return None
+    try:
+        return StackState.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise StackError(f"{path} is not a stack state file ({exc}); remove it if no stack runs") from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only, replacing it atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def save_state(state: StackState) -> None:
+    """Write the state file (mode 0600) and the env file for `source`."""
+    state_dir = Path(state.state_dir)
+    _write_private(state_path(state_dir), state.model_dump_json(indent=2))
+    lines = ["# Source this file to use the local vqclip stack: . " + str(state_dir / ENV_FILE)]
+    lines += [f"export {name}={_shell_quote(value)}" for name, value in state.client_env().items()]
+    lines.append("unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3")
+    _write_private(state_dir / ENV_FILE, "\n".join(lines) + "\n")
+
+
+def _shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _base_env(state: StackState) -> dict[str, str]:
+    """This process's environment without any Prefect or AWS setting that could point elsewhere, plus the stack's."""
+    drop = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k not in drop}
+    env.update(
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_HOME=state.prefect_home,
+        # Keep a developer's own AWS config files out: the stack's credentials come from the env.
+        AWS_CONFIG_FILE=str(Path(state.state_dir) / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(Path(state.state_dir) / "no-aws-credentials"),
+    )
+    return env
+
+
+def server_env(state: StackState) -> dict[str, str]:
+    """The Prefect server's environment (its UI must call the API on the stack's port)."""
+    return {**_base_env(state), "PREFECT_UI_API_URL": state.api_url, "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
+
+
+def client_env(state: StackState) -> dict[str, str]:
+    """The environment of the stack's workers and CLI calls: its API, its store, its credentials."""
+    return {**_base_env(state), **state.client_env(), "VQCLIP_PROJECT_DIR": state.project_dir}
+
+
+def deploy_env(state: StackState) -> dict[str, str]:
+    """`prefect deploy`'s environment: VQCLIP_PROJECT_DIR is left out, so the pull step keeps its
+    template and each worker resolves it to its own checkout, as on a real cluster."""
+    env = client_env(state)
+    del env["VQCLIP_PROJECT_DIR"]
+    return env
+
+
+def worker_env(state: StackState, gpu: bool) -> dict[str, str]:
+    """A worker's environment: flow-run heartbeats on (for zombie detection), quick polling, and a share of the CPU cores."""
+    env = {**client_env(state), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S), "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_S)}
+    if gpu and state.gpu_workers > 1 and "OMP_NUM_THREADS" not in env:
+        # N "gpu" workers that share this machine's cores would otherwise each start a thread per core.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // state.gpu_workers))
+    return env
+
+
+# ---------------------------------------------------------------- Prefect server API
+
+
+def _api_healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=3) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def prefect_client(state: StackState) -> SyncPrefectClient:
+    """A synchronous Prefect client for the stack's API (not this process's configured one)."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(state.api_url)
+
+
+def _create_pools(state: StackState) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    with prefect_client(state) as client:
+        for name in (CPU_POOL, GPU_POOL):
+            try:
+                client.create_work_pool(
+                    WorkPoolCreate(name=name, type=ProcessWorker.type, base_job_template=ProcessWorker.get_default_base_job_template())
+                )
+            except ObjectAlreadyExists:
+                pass
+
+
+def _deploy(state: StackState) -> None:
+    """`prefect deploy --all` of deployments/prefect.yaml, run from the project root with the stack's env."""
+    project = Path(state.project_dir)
+    if not (project / PREFECT_FILE).is_file():
+        raise StackError(f"{project / PREFECT_FILE} is missing: run `vqclip up` from a checkout of vqclip-pipeline")
+    log = Path(state.state_dir) / "logs" / "deploy.log"
+    command = _prefect_command("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE))
+    with open(log, "ab") as out:
+        try:
+            result = subprocess.run(command, cwd=project, env=deploy_env(state), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, timeout=DEPLOY_TIMEOUT_S, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise StackError(f"prefect deploy did not finish in {DEPLOY_TIMEOUT_S:.0f} s; log {log}, tail:\n{log_tail(log)}") from None
+    if result.returncode != 0:
+        raise StackError(f"prefect deploy failed (exit {result.returncode}); log {log}, tail:\n{log_tail(log)}")
+
+
+def _run_shards_on_any_device(state: StackState) -> None:
+    """deployments/prefect.yaml pins shards to CUDA (VQCLIP_DEVICE=cuda) for real GPU workers; on this
+    stack the `gpu` workers may have no GPU, so the device follows the worker's env (default: auto)."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with prefect_client(state) as client:
+        deployment = client.read_deployment_by_name(SHARD_DEPLOYMENT)
+        variables = dict(deployment.job_variables or {})
+        env = dict(variables.get("env") or {})
+        if "VQCLIP_DEVICE" in env:
+            del env["VQCLIP_DEVICE"]
+            variables["env"] = env
+            client.update_deployment(deployment.id, DeploymentUpdate(job_variables=variables))
+
+
+def zombie_automation() -> AutomationCore:
+    """The automation that marks a flow run Crashed when its heartbeats stop (its worker or machine died).
+
+    Prefect's recipe for zombie flow runs: after a `prefect.flow-run.heartbeat`, expect another
+    heartbeat or a terminal state within ZOMBIE_WITHIN_S; if none comes, change the run to CRASHED.
+    """
+    from prefect.automations import AutomationCore, ChangeFlowRunState, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+
+    terminal = {f"prefect.flow-run.{name}" for name in ("Completed", "Failed", "Cancelled", "Crashed")}
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description=f"Mark a flow run Crashed when no heartbeat or terminal state follows its last heartbeat within {ZOMBIE_WITHIN_S} s.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *terminal},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_WITHIN_S),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"No heartbeat for {ZOMBIE_WITHIN_S} s: the flow-run process or its worker is gone.")],
+    )
+
+
+def _create_automation(state: StackState) -> None:
+    with prefect_client(state) as client:
+        for old in client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            client.delete_automation(old.id)
+        client.create_automation(zombie_automation())
+
+
+def _worker_names(state: StackState, pool: str) -> set[str]:
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    with prefect_client(state) as client:
+        online = WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
+        return {worker.name for worker in client.read_workers_for_work_pool(pool, worker_filter=online)}
+
+
+# ---------------------------------------------------------------- start and stop
+
+
+def _new_state(state_dir: Path, project_dir: Path, gpu_workers: int, previous: StackState | None) -> StackState:
+    """Ports, credentials and paths for a start: a previous run's credentials and ports where they are still free."""
+    server_port = previous.server_port if previous and can_bind(previous.server_port) else free_ports(1)[0]
+    s3_ports = previous.s3_ports if previous and all(can_bind(p) for p in previous.s3_ports.values()) else None
+    if s3_ports is None or set(s3_ports) != set(PORT_NAMES):
+        s3_ports = {}
+    api_url = f"http://127.0.0.1:{server_port}/api"
+    return StackState(
+        state_dir=str(state_dir),
+        project_dir=str(project_dir),
+        prefect_home=str(state_dir / "prefect"),
+        api_url=api_url,
+        ui_url=f"http://127.0.0.1:{server_port}",
+        server_port=server_port,
+        storage=f"s3://{BUCKET}/{PREFIX}",
+        bucket=BUCKET,
+        s3_endpoint_url="",
+        s3_ports=s3_ports,
+        access_key=previous.access_key if previous else "VQSTACK" + secrets.token_hex(7).upper(),
+        secret_key=previous.secret_key if previous else secrets.token_hex(20),
+        # weed's unix sockets need a short path; the state folder may be deep.
+        socket_dir=tempfile.mkdtemp(prefix="vqstack-"),
+        gpu_workers=gpu_workers,
+    )
+
+
+def default_project_dir() -> Path:
+    """The checkout to deploy: this folder when it holds deployments/prefect.yaml, else the one this package runs from."""
+    here = Path.cwd()
+    return here if (here / PREFECT_FILE).is_file() else Path(__file__).resolve().parents[1]
+
+
+def start_stack(
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+    gpu_workers: int = 2,
+    project_dir: str | Path | None = None,
+    report: Callable[[str], None] = logger.info,
+) -> StackState:
+    """Start the whole stack and return its state (also saved in `state_dir`); on any failure stop what started."""
+    if gpu_workers < 1:
+        raise StackError("a stack needs at least one gpu worker")
+    state_dir = Path(state_dir).resolve()
+    project_dir = Path(project_dir).resolve() if project_dir else default_project_dir()
+    previous = load_state(state_dir)
+    if previous and previous.running and any(is_alive(p.pid, p.started) for p in previous.processes):
+        raise StackError(f"a stack from {state_dir} is running already (UI {previous.ui_url}); stop it with `vqclip down --state-dir {state_dir}`")
+    for sub in ("logs", "prefect", "seaweedfs"):
+        (state_dir / sub).mkdir(parents=True, exist_ok=True)
+    state = _new_state(state_dir, project_dir, gpu_workers, previous)
+    state.running = True
+    logs = state_dir / "logs"
+    try:
+        report(f"starting the Prefect server on {state.ui_url}")
+        server = _spawn(
+            "prefect-server",
+            _prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(state.server_port), "--analytics-off"),
+            logs / "prefect-server.log", server_env(state), project_dir,
+        )
+        state.processes.append(server)
+        save_state(state)
+
+        report("starting SeaweedFS")
+        weed = SeaweedServer(state_dir / "seaweedfs", state.access_key, state.secret_key, ports=state.s3_ports or None,
+                             socket_dir=Path(state.socket_dir), identity_name="vqclip-stack", probe_bucket=BUCKET)
+        state.s3_ports, state.s3_endpoint_url = weed.ports, weed.endpoint_url
+        state.stray_sockets = [str(s) for s in weed.stray_sockets]
+        try:
+            weed.start(WEED_START_TIMEOUT_S)
+        finally:
+            if weed.pid is not None:
+                state.processes.append(ProcessRecord(name="seaweedfs", pid=weed.pid, started=_start_ticks(weed.pid) or 0,
+                                                     log=str(weed.log_path), command=weed.args))
+            save_state(state)
+
+        wait_for("Prefect server", lambda: _api_healthy(state.api_url), SERVER_START_TIMEOUT_S, server)
+        report("creating work pools, deployments and the zombie-run automation")
+        _create_pools(state)
+        _deploy(state)
+        _run_shards_on_any_device(state)
+        _create_automation(state)
+
+        workers = [(CPU_POOL, "cpu-1")] + [(GPU_POOL, f"gpu-{n}") for n in range(1, gpu_workers + 1)]
+        report(f"starting workers {', '.join(name for _, name in workers)}")
+        records = {}
+        for pool, name in workers:
+            command = _prefect_command("worker", "start", "--pool", pool, "--name", name, "--type", "process",
+                                       "--install-policy", "never", "--no-create-pool-if-not-found",
+                                       *(["--limit", "1"] if pool == GPU_POOL else []))
+            records[name] = _spawn(f"worker-{name}", command, logs / f"worker-{name}.log", worker_env(state, pool == GPU_POOL), project_dir)
+            state.processes.append(records[name])
+        save_state(state)
+        for pool, name in workers:
+            wait_for(f"worker {name} on pool {pool}", lambda: name in _worker_names(state, pool), WORKER_START_TIMEOUT_S, records[name])
+    except BaseException:
+        stop_processes(state)
+        raise
+    save_state(state)
+    return state
+
+
+def stop_processes(state: StackState) -> list[str]:
+    """Stop the state's processes that still run (workers and their flow runs first); return their names."""
+    alive = [record for record in state.processes if is_alive(record.pid, record.started)]
+    # Workers first, so none starts a flow run while the servers go; then the servers.
+    workers = [record for record in alive if record.name.startswith("worker-")]
+    servers = [record for record in alive if record not in workers]
+    for batch in (workers, servers):
+        kill_tree([record.pid for record in batch])
+    for sock in state.stray_sockets:
+        Path(sock).unlink(missing_ok=True)
+    shutil.rmtree(state.socket_dir, ignore_errors=True)
+    state.running = False
+    save_state(state)
+    return [record.name for record in alive]
+
+
+def stop_stack(state_dir: str | Path = DEFAULT_STATE_DIR) -> list[str]:
+    """Stop the stack recorded in `state_dir`, by pid; safe to call again (then it stops nothing)."""
+    state = load_state(Path(state_dir).resolve())
+    if state is None:
+        return []
+    return stop_processes(state)
