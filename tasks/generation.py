@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -78,8 +80,15 @@ def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOut
     if not todo:
         logger.info("all %d items already done", len(items))
         return ShardOutcome(done=[i.item_id for i in items], failed={})
+    started = time.perf_counter()
     models = load_models(todo[0].models, include_scorer=False)
-    logger.info("generating %d of %d items on %s", len(todo), len(items), models.device)
+    logger.info(
+        "models ready in %.1f s (kept for later shards in this process); generating %d of %d items on %s",
+        time.perf_counter() - started,
+        len(todo),
+        len(items),
+        models.device,
+    )
     outcome = run_items(todo, models, store, run_id, logger)
     already = [i.item_id for i in items if i not in todo]
     return ShardOutcome(done=already + outcome.done, failed=outcome.failed)

@@ -127,3 +127,16 @@ def test_a_killed_run_resumes_with_exactly_the_missing_items(tmp_path):
 
     code, stdout, _ = finish(vqclip("show", "k1", "--storage", str(out), env={**os.environ, "COLUMNS": "200"}))
     assert code == 0 and "run k1: 6 done" in stdout and "fox" in stdout
+
+
+def test_run_and_validate_of_a_bad_manifest_through_a_real_process(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults:\n  steps: many\nprompts:\n  - text: a fox\n    colour: red\n")
+    out = tmp_path / "out"
+    for command in (["run", str(bad), "--storage", str(out)], ["validate", str(bad)]):
+        code, stdout, stderr = finish(vqclip(*command), timeout=120)
+        assert code == 1, (stdout, stderr)
+        message = " ".join(stderr.split())
+        assert "bad.yaml:2: defaults.steps" in message and "bad.yaml:5: prompts[0].colour: unknown field" in message
+        assert "Traceback" not in stderr
+    assert files_under(out) == []
