@@ -6,9 +6,8 @@ import time
 
 import torch
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import transient_only
+from tasks.retry import retried
 from vqclip import generate as engine
 from vqclip.generate import GenerationResult
 from vqclip.items import WorkItem
@@ -18,14 +17,7 @@ from vqclip.runs import commit_result, pending_items, read_inputs
 from vqclip.storage import ObjectStore, open_store
 
 
-@task(
-    name="commit-image",
-    retries=5,
-    retry_delay_seconds=[1, 2, 4, 8, 16],
-    retry_condition_fn=transient_only,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(**retried("commit-image", retries=5, delays=[1, 2, 4, 8, 16]))
 def commit_image(store: ObjectStore, run_id: str, item: WorkItem, result: GenerationResult, device: str, attempt: int) -> None:
     """Store one finished image and its sidecar; retried on its own so a storage outage costs no GPU work."""
     commit_result(store, run_id, item, result, device, attempt)
@@ -64,14 +56,7 @@ def run_items(items: list[WorkItem], models, store, run_id: str, logger) -> Shar
     return outcome
 
 
-@task(
-    name="generate-shard",
-    retries=3,
-    retry_delay_seconds=[2, 5, 10],
-    retry_condition_fn=transient_only,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(**retried("generate-shard"))
 def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOutcome:
     """Generate the shard's items that are not done yet and commit each (PNG first, sidecar last)."""
     logger = get_run_logger()

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from tasks.retry import transient_only
+from tasks.retry import retried
 from vqclip import layout
 from vqclip.items import WorkItem
 from vqclip.manifest import load_manifest
@@ -25,14 +24,7 @@ class PreparedRun(BaseModel):
     batch_size: int
 
 
-@task(
-    name="prepare-run",
-    retries=3,
-    retry_delay_seconds=[2, 5, 10],
-    retry_condition_fn=transient_only,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(**retried("prepare-run"))
 def prepare_run(manifest: str, storage: str, run_id: str | None, preset: str | None) -> PreparedRun:
     """Validate the whole manifest before writing anything, then keep a copy of it and its images in the run."""
     store = open_store(storage)

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import transient_only
+from tasks.retry import retried
 from vqclip import layout
 from vqclip.images import decode_image
 from vqclip.items import WorkItem
@@ -18,7 +18,7 @@ from vqclip.runs import build_index, build_ranking, put_json
 from vqclip.storage import open_store
 
 
-@task(name="write-reports", retries=3, retry_delay_seconds=[2, 5, 10], retry_condition_fn=transient_only, cache_policy=NO_CACHE, persist_result=False)
+@task(**retried("write-reports"))
 def write_reports(
     storage: str,
     run_id: str,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prefect.cache_policies import NO_CACHE
+
 from vqclip.errors import GenerationError, ManifestError, ModelError, PermanentStorageError, PromptError
 
 PERMANENT = (ManifestError, PromptError, ModelError, PermanentStorageError, GenerationError)
@@ -16,3 +18,18 @@ def transient_only(task, task_run, state) -> bool:
     except Exception:
         return True
     return True
+
+
+def retried(name: str, retries: int = 3, delays: list[int] | None = None) -> dict:
+    """Task options shared by the pipeline's tasks: retries of transient faults only, no result caching.
+
+    The store's sidecar rule, not Prefect's cache, decides what is already done.
+    """
+    return {
+        "name": name,
+        "retries": retries,
+        "retry_delay_seconds": delays or [2, 5, 10],
+        "retry_condition_fn": transient_only,
+        "cache_policy": NO_CACHE,
+        "persist_result": False,
+    }

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import transient_only
+from tasks.retry import retried
 from vqclip.images import decode_image
 from vqclip.models.loader import load_scorer
 from vqclip.records import ItemRecord
@@ -14,14 +13,7 @@ from vqclip.score import score
 from vqclip.storage import open_store
 
 
-@task(
-    name="score-images",
-    retries=3,
-    retry_delay_seconds=[2, 5, 10],
-    retry_condition_fn=transient_only,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(**retried("score-images"))
 def score_images(storage: str, run_id: str, scorer: str, batch_size: int = 32) -> dict[str, ItemRecord]:
     """Score unscored images with `scorer`, rewrite their sidecars, return every done record."""
     logger = get_run_logger()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_manifest import BAD
+from tests.test_manifest import BAD, folder  # noqa: F401 (folder: a fixture)
 from vqclip.cli import app
 from vqclip.manifest import load_manifest_file
 from vqclip.settings import get_settings
@@ -52,23 +52,14 @@ def files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
-@pytest.fixture
-def manifest_folder(tmp_path) -> Path:
-    """A manifest folder with the images the malformed cases refer to."""
-    (tmp_path / "cat.png").write_bytes(b"cat pixels")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "dog.png").write_bytes(b"dog pixels")
-    return tmp_path
-
-
 @pytest.mark.parametrize(("name", "content", "expected", "limits"), BAD)
-def test_bad_manifests_exit_1_naming_the_place_and_write_nothing(manifest_folder, monkeypatch, name, content, expected, limits):
-    path = manifest_folder / name
+def test_bad_manifests_exit_1_naming_the_place_and_write_nothing(folder, monkeypatch, name, content, expected, limits):
+    path = folder / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     for field, value in limits.items():
         monkeypatch.setenv(f"VQCLIP_{field.upper()}", str(value))
     get_settings.cache_clear()
-    out = manifest_folder / "out"
+    out = folder / "out"
     try:
         result = CliRunner().invoke(app, ["run", str(path), "--storage", str(out)])
     finally:

@@ -7,7 +7,6 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -15,19 +14,12 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import batch_generate
 from tasks import generation
-from tests.test_pipeline import ITEMS, MANIFEST, check_complete_run, item_ids
+from tests.test_pipeline import ITEMS, MANIFEST, check_complete_run, item_ids, manifest  # noqa: F401 (manifest: a fixture)
 from vqclip import layout
 from vqclip.manifest import load_manifest
 from vqclip.storage import S3Store, open_store
 
 DOWNTIME_S = 3.0
-
-
-@pytest.fixture
-def manifest(tmp_path, prefect_api) -> Path:
-    path = tmp_path / "batch.yaml"
-    path.write_text(MANIFEST)
-    return path
 
 
 @pytest.fixture
