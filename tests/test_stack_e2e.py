@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    ArtifactFilterType,
     DeploymentFilter,
     DeploymentFilterName,
 )
@@ -51,6 +53,9 @@ RUN_TIMEOUT_S = 240.0
 FAULT_RUN_TIMEOUT_S = 330.0
 
 T = TypeVar("T")
+
+# The batch flow run the first test completed, for later tests that only need a finished run.
+COMPLETED_BATCH: dict[str, Any] = {}
 
 
 @pytest.fixture
@@ -196,6 +201,7 @@ def test_submitted_manifest_is_claimed_and_generated_across_both_gpu_workers(sta
     table = json.loads(table) if isinstance(table, str) else table
     assert sorted(row["item_id"] for row in table) == item_ids(store, run_id, ".json")
     assert float(by_type["progress"].data) == 100.0
+    COMPLETED_BATCH.update(flow_run_id=batch.id, run_id=run_id)
     print(f"\nwatch -> {ITEMS} shards on 2 gpu workers -> ranked: {elapsed:.0f} s")
 
 
@@ -256,3 +262,68 @@ def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: St
         f"\nshard marked Crashed {detected_after_kill:.0f} s after the kill ({detected_after_beat:.0f} s after its last "
         f"heartbeat); kill -> run complete {time.monotonic() - killed_at:.0f} s; whole test {elapsed:.0f} s"
     )
+
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_TIMEOUT_S = 90
+
+
+def chromium(url: str, profile: Path, *args: str) -> str:
+    """Headless Debian chromium on `url`, with virtual time for the single-page UI to fetch and render; its stdout."""
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
+        "--window-size=1400,1000", "--virtual-time-budget=15000", *args, url,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+    assert result.returncode == 0, f"chromium {' '.join(args)} {url} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def check_png(path: Path) -> None:
+    data = path.read_bytes() if path.exists() else b""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, f"{path}: {len(data)} bytes, not a rendered page"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_ui_shows_the_batch_run_and_its_ranking_table(stack: StackState, tmp_path: Path):
+    started = time.monotonic()
+    if COMPLETED_BATCH:  # reuse the run the first test completed
+        flow_run_id, run_id = COMPLETED_BATCH["flow_run_id"], COMPLETED_BATCH["run_id"]
+    else:  # run alone: a small run of its own
+        manifest = tmp_path / "e2e-ui.yaml"
+        manifest.write_text(MANIFEST.format(name="ui", steps=4))
+        match = re.search(r"started run (\S+?):? ", vqclip(stack, "submit", "--now", str(manifest)))
+        assert match
+        run_id = match.group(1)
+        (batch,) = flow_runs(stack, "batch-generate", run_id)
+        done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), RUN_TIMEOUT_S, stack, every=2)
+        assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
+        flow_run_id = batch.id
+
+    with prefect_client(stack) as client:
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["table"]))
+        )
+    (table,) = tables
+    assert table.key == f"ranking-{run_id.lower()}"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+
+    pages = {"flow-run": f"{stack.ui_url}/runs/flow-run/{flow_run_id}", "artifact": f"{stack.ui_url}/artifacts/artifact/{table.id}"}
+    doms = {}
+    for name, url in pages.items():
+        shot = tmp_path / f"{name}.png"
+        chromium(url, tmp_path / f"profile-{name}-shot", f"--screenshot={shot}")
+        check_png(shot)
+        doms[name] = chromium(url, tmp_path / f"profile-{name}-dom", "--dump-dom")
+
+    done_name = read_flow_run(stack, flow_run_id).name
+    assert done_name in doms["flow-run"] and "Completed" in doms["flow-run"], doms["flow-run"][-3000:]
+    artifact_dom = doms["artifact"]
+    for header in ("prompt_id", "prompt", "seed", "score", "rank", "item_id"):
+        assert re.search(rf">\s*{header}\s*<", artifact_dom), f"no {header!r} column header on {pages['artifact']}:\n{artifact_dom[-3000:]}"
+    for row in rows:  # every row's values as the UI prints them (a JavaScript number: 12.0 shows as 12)
+        score = repr(float(row["score"])).removesuffix(".0")
+        for value in (row["prompt_id"], str(row["seed"]), score, row["item_id"]):
+            assert re.search(rf">\s*{re.escape(value)}\s*<", artifact_dom), f"{value!r} of {row} is not on {pages['artifact']}"
+    print(f"\nUI pages of {done_name} rendered in {time.monotonic() - started:.0f} s; screenshots in {tmp_path}")
