@@ -96,9 +96,8 @@ def done_records(store: ObjectStore, run_id: str) -> dict[str, ItemRecord]:
 
 
 def pending_items(store: ObjectStore, run_id: str, items: list[WorkItem]) -> list[WorkItem]:
-    """The items that still need generating."""
-    done = done_records(store, run_id)
-    return [item for item in items if item.item_id not in done]
+    """The items that still need generating (reads only these items' sidecars, not the whole run's)."""
+    return [item for item in items if load_record(store, run_id, item.item_id) is None]
 
 
 def commit_result(
@@ -130,9 +129,7 @@ def commit_result(
 
 def write_record(store: ObjectStore, run_id: str, record: ItemRecord) -> None:
     """Write (or rewrite, e.g. with a score) an item's sidecar."""
-    store.put_bytes(
-        layout.sidecar_key(run_id, record.item_id), record.model_dump_json(indent=2).encode(), content_type="application/json"
-    )
+    put_json(store, layout.sidecar_key(run_id, record.item_id), record)
 
 
 def build_ranking(run_id: str, records: dict[str, ItemRecord], scorer: str) -> Ranking:
