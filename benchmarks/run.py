@@ -1,16 +1,19 @@
 """The benchmark harness: engine throughput, memory, model load, orchestration overhead, scoring.
 
-    python -m benchmarks.run [--device cpu|cuda] [--quick] [--json FILE]
+    python -m benchmarks.run [--device cpu|cuda] [--quick] [--json FILE] [--markdown FILE]
 
-Every figure is the median of several timed repetitions after a warm-up, measured side by side in
-this one run; ratios compare against sequential batch-1 fp32 of the same run. Full-size figures use
-the default preset's architectures with random weights (compute does not depend on weight values).
-`--quick` uses the tiny preset and a few steps, so CI can check that the harness still runs.
+Every figure is the median of several timed steps after a warm-up, measured side by side in this one
+run; ratios compare against sequential batch-1 fp32 of the same run (on CUDA: strict fp32, TF32 and
+channels-last off, as the reference scripts run). Full-size figures use the default preset's
+architectures with random weights (compute does not depend on weight values). `--quick` uses the
+tiny preset and a few steps, so CI can check that the harness still runs. A section that fails is
+reported as such and the others still run; the JSON is rewritten after every section.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -20,51 +23,135 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from benchmarks.engine_step import bench_items, step_times
-from vqclip.models.loader import load_models, unload_models
+from vqclip.models.loader import Models, load_models, unload_models
 from vqclip.settings import Settings
 
 STEPS_PER_IMAGE = 300
+LARGEST_BATCH_CAP = 256
+COMPILE_TIMEOUT_S = 150
+
+# Engine variants beside the default settings; "fp32-strict" (batch 1) is what every ratio divides by.
+STRICT_FP32 = {"tf32": False, "channels_last": False}
+BF16 = {"bf16": True}
+BF16_NO_CHANNELS_LAST = {"bf16": True, "channels_last": False}
+BF16_COMPILE = {"bf16": True, "compile": True}
+
+
+def _shape(quick: bool) -> tuple[str, int, int]:
+    return ("tiny", 64, 8) if quick else ("default-random", 256, 32)
+
+
+def _engine_row(models: Models, variant: str, switches: dict, batch: int, size: int, cutouts: int, repeats: int) -> dict:
+    if models.device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = statistics.median(step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 2), Settings(**switches)))
+    return {
+        "variant": variant,
+        "batch": batch,
+        "s_per_step": seconds,
+        "images_per_hour": 3600 * batch / (seconds * STEPS_PER_IMAGE),
+        "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if models.device.type == "cuda" else None,
+    }
+
+
+def largest_batch(models: Models, size: int, cutouts: int, switches: dict) -> int:
+    """The batch the pipeline's auto-batching would pick on this GPU, capped at LARGEST_BATCH_CAP."""
+    from vqclip.batching import batch_size
+
+    items = bench_items(models.spec, LARGEST_BATCH_CAP, size, cutouts, 1)
+    return batch_size(models, items, Settings(**switches))
+
+
+def compiled(quick: bool, repeats: int, baseline: dict | None) -> dict:
+    """bf16 + torch.compile at batch 16, in a child process so a slow compile cannot stall the harness."""
+    preset, size, cutouts = _shape(quick)
+    row = compiled_row(preset, size, cutouts, 16, repeats)
+    if baseline and "images_per_hour" in row:
+        row["vs_sequential_fp32"] = row["images_per_hour"] / baseline["images_per_hour"]
+    return row
+
+
+def compiled_row(preset: str, size: int, cutouts: int, batch: int, repeats: int) -> dict:
+    """One engine row with torch.compile on, measured in a child process with a time limit."""
+    code = (
+        "import json; from benchmarks.run import _engine_row; from vqclip.acceleration import Accelerated; "
+        "from vqclip.models.loader import load_models; "
+        f"m = load_models({preset!r}, device='cuda', include_scorer=False); "
+        f"row = _engine_row(m, 'bf16-compile', {BF16_COMPILE!r}, {batch}, {size}, {cutouts}, {repeats}); "
+        "print(json.dumps({**row, 'fell_back': Accelerated.compile_failed(m.vqgan)}))"
+    )
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"variant": "bf16-compile", "batch": batch, "error": f"not measured: over {COMPILE_TIMEOUT_S} s"}
+    if done.returncode:
+        return {"variant": "bf16-compile", "batch": batch, "error": done.stderr.strip().splitlines()[-1][:300]}
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["compile_and_run_s"] = time.perf_counter() - started
+    if row.pop("fell_back"):
+        row["error"] = "compile failed; eager fallback measured: " + done.stderr.strip().splitlines()[-1][:200]
+    return row
 
 
 def engine(device: str, quick: bool, repeats: int) -> list[dict]:
-    """Seconds per step and images per hour at 300 steps, per batch size and precision."""
-    preset, size, cutouts = ("tiny", 64, 8) if quick else ("default-random", 256, 32)
-    batches = [1, 4] if device == "cpu" else [1, 4, 16]
-    precisions = [False] if device == "cpu" else [False, True]
+    """Seconds per step and images per hour at 300 steps, per batch size and variant."""
+    preset, size, cutouts = _shape(quick)
     models = load_models(preset, device=device, include_scorer=False)
-    rows = []
-    for bf16 in precisions:
-        for batch in batches:
-            runtime = Settings(bf16=bf16)
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            seconds = statistics.median(step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 2), runtime))
-            rows.append(
-                {
-                    "preset": preset,
-                    "size": size,
-                    "cutouts": cutouts,
-                    "batch": batch,
-                    "precision": "bf16" if bf16 else "fp32",
-                    "s_per_step": seconds,
-                    "images_per_hour": 3600 * batch / (seconds * STEPS_PER_IMAGE),
-                    "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
-                }
-            )
-    base = rows[0]["images_per_hour"]
+    if device == "cpu":
+        plan = [("fp32", {}, 1), ("fp32", {}, 4)]
+    else:
+        largest = largest_batch(models, size, cutouts, BF16)
+        plan = [("fp32-strict", STRICT_FP32, 1)]
+        plan += [("fp32", {}, batch) for batch in (1, 4, 16)]
+        plan += [("bf16", BF16, batch) for batch in sorted({1, 4, 16, largest})]
+        plan += [("bf16-no-channels-last", BF16_NO_CHANNELS_LAST, 16)]
+    rows = [_engine_row(models, variant, switches, batch, size, cutouts, repeats) for variant, switches, batch in plan]
     for row in rows:
-        row["vs_sequential_fp32"] = row["images_per_hour"] / base
+        row.update(preset=preset, size=size, cutouts=cutouts, vs_sequential_fp32=row["images_per_hour"] / rows[0]["images_per_hour"])
     return rows
+
+
+def quality(device: str, quick: bool) -> dict:
+    """The same 4 items after 100 steps: final guide similarity of batched bf16 against strict fp32,
+    and how far an item's pixels move when it runs alone instead of in the batch (strict fp32)."""
+    import numpy as np
+
+    from vqclip.generate import generate
+
+    if device == "cpu" and not quick:
+        return {"note": "not measured on CPU: 2 x 4 full-size items x 100 steps take about an hour here"}
+    preset, size, cutouts = _shape(quick)
+    steps = 10 if quick else 100
+    models = load_models(preset, device=device, include_scorer=False)
+    items = bench_items(models.spec, 4, size, cutouts, steps)
+    result: dict = {"items": len(items), "steps": steps}
+    images = {}
+    for label, switches in {"fp32": STRICT_FP32, "bf16": BF16}.items():
+        results = generate(items, models, Settings(**switches))
+        images[label] = results[0].image
+        finals = statistics.mean(v for r in results for v in r.similarity.values())
+        firsts = statistics.mean(v for r in results for v in r.first_similarity.values())
+        result.update({f"{label}_final_similarity": finals, f"{label}_rise": finals - firsts})
+    result["bf16_vs_fp32"] = (result["bf16_final_similarity"] - result["fp32_final_similarity"]) / abs(result["fp32_final_similarity"])
+    (alone,) = generate(items[:1], models, Settings(**STRICT_FP32))
+    difference = np.abs(np.asarray(alone.image, dtype=int) - np.asarray(images["fp32"], dtype=int))
+    result["alone_vs_batch_max_pixel_diff"] = int(difference.max())
+    result["alone_vs_batch_mean_pixel_diff"] = float(difference.mean())
+    return result
 
 
 def memory_cpu(quick: bool) -> list[dict]:
     """Peak RSS of a fresh process generating one step at batch 1 and 4 (CPU)."""
-    preset, size, cutouts = ("tiny", 64, 8) if quick else ("default-random", 256, 32)
+    preset, size, cutouts = _shape(quick)
     rows = []
     for batch in (1, 4):
         code = (
@@ -80,16 +167,17 @@ def memory_cpu(quick: bool) -> list[dict]:
 
 
 def memory_cuda(quick: bool) -> list[dict]:
-    """Peak CUDA memory per image at 256, 512 and 768 px, batch 1, fp32 and bf16."""
+    """Peak CUDA memory of one image (batch 1) at 256, 512 and 768 px: strict fp32, bf16, bf16 + checkpointing."""
     preset, sizes = ("tiny", (64, 128)) if quick else ("default-random", (256, 512, 768))
     models = load_models(preset, device="cuda", include_scorer=False)
+    variants = {"fp32-strict": STRICT_FP32, "bf16": BF16, "bf16-checkpointed": {**BF16, "checkpoint_side": 1}}
     rows = []
     for size in sizes:
-        for bf16 in (False, True):
+        for label, switches in variants.items():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            step_times(models, bench_items(models.spec, 1, size, 32, 2), Settings(bf16=bf16))
-            rows.append({"size": size, "precision": "bf16" if bf16 else "fp32", "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30})
+            seconds = statistics.median(step_times(models, bench_items(models.spec, 1, size, 32, 3), Settings(**switches)))
+            rows.append({"size": size, "variant": label, "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30, "s_per_step": seconds})
     return rows
 
 
@@ -111,6 +199,8 @@ def model_load(quick: bool, seconds_per_step: float, device: str) -> dict:
 
 def orchestration(device: str) -> dict:
     """A 16-item tiny manifest through `vqclip run` against the same items through the engine alone."""
+    if importlib.util.find_spec("prefect") is None:
+        return {"note": "not measured: Prefect is not installed in this environment"}
     from vqclip.generate import generate
     from vqclip.manifest import load_manifest, shards
 
@@ -155,6 +245,7 @@ def machine() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+        info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -162,39 +253,89 @@ def machine() -> dict:
     return info
 
 
+def _number(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[dict]) -> list[str]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_number(row.get(c, "")) for c in columns) + " |" for row in rows]
+
+
+def markdown(results: dict, command: str) -> str:
+    """One run's results as a RESULTS.md entry: date, machine, command and commit, then a table per section."""
+    info = results["machine"]
+    where = info.get("gpu") or f"{info['cpu']} ({info['threads']} threads)"
+    lines = [f"## {results['date']}: {where}, torch {info['torch']}, commit {info.get('commit', '?')}", "", f"`{command}`", ""]
+    for section, value in results.items():
+        if section in ("machine", "date", "device", "quick"):
+            continue
+        lines += [f"**{section}**", ""]
+        lines += _table(value if isinstance(value, list) else [value]) + [""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny models and few repetitions (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--markdown", type=Path, help="also append the results to this file as a RESULTS.md entry")
     args = parser.parse_args()
     repeats = 2 if args.quick else 5
     results: dict = {"machine": machine(), "device": args.device, "quick": args.quick, "date": time.strftime("%Y-%m-%d")}
+    failed = []
 
-    results["engine"] = rows = engine(args.device, args.quick, repeats)
-    print(f"\n1. engine ({rows[0]['preset']}, {rows[0]['size']} px, {rows[0]['cutouts']} cutouts, {STEPS_PER_IMAGE} steps per image)")
-    print(f"{'batch':>6} {'precision':>9} {'s/step':>9} {'images/h':>10} {'vs seq fp32':>12}")
-    for row in rows:
-        print(f"{row['batch']:>6} {row['precision']:>9} {row['s_per_step']:>9.3f} {row['images_per_hour']:>10.2f} {row['vs_sequential_fp32']:>11.2f}x")
+    def section(name: str, measure: Callable[[], object], show: Callable[[object], None]) -> object:
+        try:
+            results[name] = value = measure()
+        except Exception:  # noqa: BLE001 - one broken section must not cost the others' figures
+            failed.append(name)
+            results[name] = {"error": traceback.format_exc(limit=3).strip().splitlines()[-1]}
+            print(f"\n{name}: FAILED\n{traceback.format_exc()}", file=sys.stderr)
+            value = None
+        else:
+            show(value)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2))
+        return value
 
-    results["memory"] = memory = memory_cuda(args.quick) if args.device == "cuda" else memory_cpu(args.quick)
-    print("\n2. memory")
-    for row in memory:
-        print("   " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    def show_engine(rows: list[dict]) -> None:
+        print(f"\n1. engine ({rows[0]['preset']}, {rows[0]['size']} px, {rows[0]['cutouts']} cutouts, {STEPS_PER_IMAGE} steps per image)")
+        print(f"{'variant':>22} {'batch':>6} {'s/step':>9} {'images/h':>10} {'vs seq fp32':>12} {'peak GiB':>9}")
+        for row in rows:
+            peak = f"{row['peak_cuda_gib']:.2f}" if row["peak_cuda_gib"] is not None else "-"
+            print(f"{row['variant']:>22} {row['batch']:>6} {row['s_per_step']:>9.4f} {row['images_per_hour']:>10.1f} {row['vs_sequential_fp32']:>11.2f}x {peak:>9}")
 
+    def show_rows(title: str) -> Callable[[object], None]:
+        def show(value: object) -> None:
+            print(f"\n{title}")
+            for row in value if isinstance(value, list) else [value]:
+                print("   " + ", ".join(f"{k} {_number(v)}" for k, v in row.items()))
+
+        return show
+
+    rows = section("engine", lambda: engine(args.device, args.quick, repeats), show_engine)
+    section("quality", lambda: quality(args.device, args.quick), show_rows("1b. quality (final guide similarity, same items)"))
+    memory = (lambda: memory_cuda(args.quick)) if args.device == "cuda" else (lambda: memory_cpu(args.quick))
+    section("memory", memory, show_rows("2. memory"))
     unload_models()
-    results["model_load"] = load = model_load(args.quick, rows[0]["s_per_step"], args.device)
-    print("\n3. model load:", ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in load.items()))
-
-    results["orchestration"] = orch = orchestration(args.device)
-    print(f"\n4. orchestration: {orch['items']} tiny items, engine alone {orch['engine_s']:.1f} s, vqclip run {orch['vqclip_run_s']:.1f} s, overhead {orch['overhead']:.0%}")
-
-    results["scoring"] = sc = scoring(args.device, args.quick, repeats)
-    print(f"\n5. scoring: {sc['scorer']}, {sc['images_per_s']:.1f} images/s")
+    step = rows[0]["s_per_step"] if rows else 1.0
+    section("model_load", lambda: model_load(args.quick, step, args.device), show_rows("3. model load"))
+    section("orchestration", lambda: orchestration(args.device), show_rows("4. orchestration"))
+    section("scoring", lambda: scoring(args.device, args.quick, repeats), show_rows("5. scoring"))
+    if args.device == "cuda":
+        section("compile", lambda: compiled(args.quick, repeats, rows[0] if rows else None), show_rows("6. torch.compile"))
     print(f"\npeak RSS of the harness process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        with args.markdown.open("a") as handle:
+            handle.write("\n" + markdown(results, "python -m benchmarks.run " + " ".join(sys.argv[1:])) + "\n")
+    if failed:
+        sys.exit(f"sections that failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

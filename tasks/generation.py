@@ -9,12 +9,15 @@ from prefect import get_run_logger, task
 
 from tasks.retry import retried
 from vqclip import generate as engine
+from vqclip.batching import batch_size, batches
 from vqclip.generate import GenerationResult
 from vqclip.items import WorkItem
 from vqclip.models.loader import load_models
 from vqclip.records import ShardOutcome
 from vqclip.runs import commit_result, pending_items, read_inputs
+from vqclip.settings import get_settings
 from vqclip.storage import ObjectStore, open_store
+from vqclip.uploader import BackgroundUploader
 
 
 @task(**retried("commit-image", retries=5, delays=[1, 2, 4, 8, 16]))
@@ -27,9 +30,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def run_items(items: list[WorkItem], models, store, run_id: str, logger) -> ShardOutcome:
-    """Generate and commit `items`; halve the batch on out-of-memory, retry non-finite items once at half lr."""
-    outcome = ShardOutcome(done=[], failed={})
+def run_items(items: list[WorkItem], models, store, run_id: str, logger, uploads: BackgroundUploader) -> dict[str, str]:
+    """Generate `items` as one batch and queue each finished image's commit; return failed items' errors.
+
+    Halves the batch on out-of-memory; restarts an item whose loss became non-finite once at half lr.
+    """
     try:
         results = engine.generate(items, models, images=read_inputs(store, run_id, items))
     except Exception as exc:
@@ -39,8 +44,9 @@ def run_items(items: list[WorkItem], models, store, run_id: str, logger) -> Shar
         logger.warning("out of memory with %d items; retrying as %d + %d", len(items), half, len(items) - half)
         if models.device.type == "cuda":
             torch.cuda.empty_cache()
-        first, second = run_items(items[:half], models, store, run_id, logger), run_items(items[half:], models, store, run_id, logger)
-        return ShardOutcome(done=first.done + second.done, failed={**first.failed, **second.failed})
+        first = run_items(items[:half], models, store, run_id, logger, uploads)
+        return first | run_items(items[half:], models, store, run_id, logger, uploads)
+    failed = {}
     for item, result in zip(items, results):
         attempt = 1
         if not result.ok:
@@ -49,22 +55,26 @@ def run_items(items: list[WorkItem], models, store, run_id: str, logger) -> Shar
             (result,) = engine.generate([item.model_copy(update={"settings": slower})], models, images=read_inputs(store, run_id, [item]))
             attempt = 2
         if result.ok:
-            commit_image(store, run_id, item, result, str(models.device), attempt)
-            outcome.done.append(item.item_id)
+            uploads.submit(commit_image, store, run_id, item, result, str(models.device), attempt)
         else:
-            outcome.failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"
-    return outcome
+            failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"
+    return failed
 
 
 @task(**retried("generate-shard"))
 def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOutcome:
-    """Generate the shard's items that are not done yet and commit each (PNG first, sidecar last)."""
+    """Generate the shard's items that are not done yet and commit each (PNG first, sidecar last).
+
+    Items go through the engine in batches that fit the device; a batch's images are uploaded in the
+    background while the next batch computes.
+    """
     logger = get_run_logger()
     store = open_store(storage)
     todo = pending_items(store, run_id, items)
     if not todo:
         logger.info("all %d items already done", len(items))
         return ShardOutcome(done=[i.item_id for i in items], failed={})
+    runtime = get_settings()
     started = time.perf_counter()
     models = load_models(todo[0].models, include_scorer=False)
     logger.info(
@@ -74,6 +84,11 @@ def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOut
         len(items),
         models.device,
     )
-    outcome = run_items(todo, models, store, run_id, logger)
-    already = [i.item_id for i in items if i not in todo]
-    return ShardOutcome(done=already + outcome.done, failed=outcome.failed)
+    size = batch_size(models, todo, runtime)
+    if size < len(todo):
+        logger.info("%d items in batches of %d (what fits in the device's free memory)", len(todo), size)
+    failed: dict[str, str] = {}
+    with BackgroundUploader(runtime.upload_queue) as uploads:
+        for batch in batches(todo, size):
+            failed |= run_items(batch, models, store, run_id, logger, uploads)
+    return ShardOutcome(done=[i.item_id for i in items if i.item_id not in failed], failed=failed)

@@ -11,18 +11,22 @@ import pytest
 
 @pytest.mark.slow
 def test_harness_runs_in_quick_mode_and_writes_every_section(tmp_path):
-    out = tmp_path / "bench.json"
+    out, report = tmp_path / "bench.json", tmp_path / "RESULTS.md"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--device", "cpu", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--device", "cpu", "--quick", "--json", str(out), "--markdown", str(report)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"machine", "engine", "memory", "model_load", "orchestration", "scoring"} <= set(results)
+    assert {"machine", "engine", "quality", "memory", "model_load", "orchestration", "scoring"} <= set(results)
+    assert not any("error" in value for value in results.values() if isinstance(value, dict))
     assert [row["batch"] for row in results["engine"]] == [1, 4]
     assert all(row["s_per_step"] > 0 for row in results["engine"])
     assert results["orchestration"]["items"] == 16 and results["scoring"]["images_per_s"] > 0
-    for heading in ("1. engine", "2. memory", "3. model load", "4. orchestration", "5. scoring"):
+    assert results["quality"]["alone_vs_batch_max_pixel_diff"] <= 2, "an item's image does not depend on its batch"
+    for heading in ("1. engine", "1b. quality", "2. memory", "3. model load", "4. orchestration", "5. scoring"):
         assert heading in done.stdout
+    entry = report.read_text()
+    assert "python -m benchmarks.run --device cpu --quick" in entry and "| variant | batch | s_per_step |" in entry

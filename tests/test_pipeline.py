@@ -164,3 +164,27 @@ def test_a_nan_item_restarts_at_half_lr_then_fails_alone(manifest, tmp_path, mon
     failed = [e for e in index.items if e.state == "failed"]
     assert len(failed) == 1 and "half the learning rate" in failed[0].error
     assert index.counts["done"] == ITEMS - 1
+
+
+def test_a_shard_larger_than_the_device_fits_runs_in_batches_while_uploads_continue(manifest, tmp_path, monkeypatch):
+    import threading
+
+    original_generate, original_commit = generation.engine.generate, generation.commit_result
+    sizes, committing_threads = [], set()
+
+    def record_batch(items, *args, **kwargs):
+        sizes.append(len(items))
+        return original_generate(items, *args, **kwargs)
+
+    def record_commit(*args, **kwargs):
+        committing_threads.add(threading.current_thread().name)
+        return original_commit(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "batch_size", lambda models, items, runtime: 2)
+    monkeypatch.setattr(generation.engine, "generate", record_batch)
+    monkeypatch.setattr(generation, "commit_result", record_commit)
+    storage = str(tmp_path / "out")
+    assert run(manifest, storage, "batched").is_completed()
+    assert sorted(sizes) == [1, 2, 2], "the shards of 3 and 2 items are cut into batches of at most 2"
+    assert committing_threads and all(name.startswith("vqclip-upload") for name in committing_threads)
+    check_complete_run(open_store(storage), "batched", ITEMS)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vqclip.acceleration import Accelerated
 from vqclip.cutouts import make_cutouts
 from vqclip.errors import GenerationError
 from vqclip.items import GenerationSettings, WorkItem
@@ -206,10 +207,12 @@ def generate(
     history: list[torch.Tensor] = []
     frames: list[list[Image.Image]] = []
 
+    accelerated = Accelerated.build(models.vqgan, [clip for clip, _ in models.guides], device, runtime, max(gen.width, gen.height))
+
     def decode(latents: torch.Tensor) -> torch.Tensor:
         quantised = vector_quantize(latents.movedim(1, 3), codebook).movedim(3, 1)
         with autocast:
-            decoded = models.vqgan.decode(quantised)
+            decoded = accelerated.decode(quantised)
         return _ClampWithGrad.apply(decoded.float().add(1).div(2), 0.0, 1.0)
 
     def chunk_loss(chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,12 +221,12 @@ def generate(
         pixels = decode(z[chunk])
         loss = torch.zeros(count, device=device)
         similarities = []
-        for target, clip, guide_weight in targets:
+        for guide, (target, clip, guide_weight) in enumerate(targets):
             cutouts = make_cutouts(
                 pixels, generators[chunk], gen.cutouts, clip.image_size, gen.cut_pow, gen.augment, gen.noise_fac
             )
             with autocast:
-                embeds = clip.embed_images(cutouts)
+                embeds = accelerated.embed(guide, cutouts)
             embeds = embeds.float().view(count, gen.cutouts, 1, -1)
             goal, weights, stops = target.embeds[chunk], target.weights[chunk], target.stops[chunk]
             signed = spherical_distance(embeds, goal[:, None]) * weights.sign()[:, None]  # (items, cutouts, parts)
@@ -239,8 +242,9 @@ def generate(
     # gradients: on a CPU one item at a time is fastest and keeps memory at a single item's.
     size = runtime.micro_batch or (len(items) if device.type == "cuda" else 1)
     chunks = [slice(start, start + size) for start in range(0, len(items), size)]
-    per_item_loss = torch.zeros(len(items), device=device)
-    for step in range(gen.steps):
+
+    def gradients() -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill z.grad for one step; return the per-item losses and similarities."""
         optimiser.zero_grad(set_to_none=True)
         losses, similarities = [], []
         for chunk in chunks:
@@ -248,11 +252,30 @@ def generate(
             loss.sum().backward()
             losses.append(loss.detach())
             similarities.append(similarity)
-        per_item_loss = torch.cat(losses)
+        return torch.cat(losses), torch.cat(similarities)
+
+    def first_gradients() -> tuple[torch.Tensor, torch.Tensor]:
+        """The first step compiles, if asked to; if compiling fails, the step reruns eagerly from the same draws."""
+        if not accelerated.compile:
+            return gradients()
+        states = [generator.get_state() for generator in generators]
+        try:
+            return gradients()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compiler failure; eager mode is the fallback
+            accelerated.fall_back_to_eager(exc)
+            for generator, state in zip(generators, states):
+                generator.set_state(state)
+            return gradients()
+
+    per_item_loss = torch.zeros(len(items), device=device)
+    for step in range(gen.steps):
+        per_item_loss, similarity = first_gradients() if step == 0 else gradients()
         optimiser.step()
         with torch.no_grad():
             z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
-        history.append(torch.cat(similarities))
+        history.append(similarity)
         if gen.save_every and (step + 1) % gen.save_every == 0 and step + 1 < gen.steps:
             with torch.no_grad():
                 frames.append(_to_pil(torch.cat([decode(z[chunk]) for chunk in chunks])))

@@ -33,6 +33,26 @@ class Settings(BaseSettings):
     micro_batch: int = Field(
         0, ge=0, description="Items per forward/backward pass within a batch; 0: 1 on CPU, the whole batch on CUDA."
     )
+    tf32: bool = Field(True, description="TF32 tensor cores for fp32 matrix products and convolutions on CUDA.")
+    channels_last: bool | None = Field(
+        None, description="Channels-last memory format for the VQGAN decoder; unset: on for CUDA, off for CPU."
+    )
+    checkpoint_side: int = Field(
+        0,
+        ge=0,
+        description="Recompute the decoder's activations in the backward pass for images whose larger side is at "
+        "least this many pixels (less memory, about a third more decoder work); 0: never.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the decoder and CLIP image encoders; falls back to eager if compiling fails."
+    )
+    auto_batch: bool = Field(
+        True, description="On CUDA, split a shard into batches that fit the GPU's free memory (measured by a probe step)."
+    )
+    memory_fraction: float = Field(0.85, gt=0, le=1, description="Share of free GPU memory auto_batch may plan to use.")
+    upload_queue: int = Field(
+        32, ge=1, description="Finished images waiting for upload before generation waits for storage."
+    )
     storage: str = Field("./vqclip-output", description="Output store: a folder, file://..., or s3://bucket/prefix.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (SeaweedFS, MinIO...).")
     s3_path_style: bool = Field(True, description="Path-style addressing (needed by most self-hosted S3 stores).")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
-from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.diffusionmodules.model import Decoder, Encoder, ResnetBlock
 from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vqclip.errors import ModelError
 from vqclip.models.checkpoint import load_state_dict
@@ -48,9 +51,42 @@ class VQGAN(nn.Module):
         """Continuous latents (before quantisation) of images in [0, 1]."""
         return self.quant_conv(self.encoder(images * 2 - 1))
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """Images in roughly [-1, 1] from quantised latents."""
-        return self.decoder(self.post_quant_conv(z_q))
+    def decode(self, z_q: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
+        """Images in roughly [-1, 1] from quantised latents.
+
+        The same computation as taming's `Decoder.forward`, with the swish as one fused `silu` (it
+        keeps one tensor per activation for the backward pass instead of two). `checkpointed`
+        recomputes each block's activations during the backward pass instead of keeping them.
+        """
+
+        def run(fn: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
+            if checkpointed and torch.is_grad_enabled():
+                return checkpoint(fn, *args, use_reentrant=False)
+            return fn(*args)
+
+        decoder = self.decoder
+        h = decoder.conv_in(self.post_quant_conv(z_q))
+        h = run(_resnet_block, decoder.mid.block_1, h)
+        h = run(decoder.mid.attn_1, h)
+        h = run(_resnet_block, decoder.mid.block_2, h)
+        for level in reversed(range(decoder.num_resolutions)):
+            up = decoder.up[level]
+            for index, block in enumerate(up.block):
+                h = run(_resnet_block, block, h)
+                if len(up.attn) > 0:
+                    h = run(up.attn[index], h)
+            if level != 0:
+                h = run(up.upsample, h)
+        return decoder.conv_out(F.silu(decoder.norm_out(h)))
+
+
+def _resnet_block(block: ResnetBlock, x: torch.Tensor) -> torch.Tensor:
+    """taming's `ResnetBlock.forward` without a timestep embedding, with a fused swish."""
+    h = block.conv1(F.silu(block.norm1(x)))
+    h = block.conv2(block.dropout(F.silu(block.norm2(h))))
+    if block.in_channels != block.out_channels:
+        x = block.conv_shortcut(x) if block.use_conv_shortcut else block.nin_shortcut(x)
+    return x + h
 
 
 def read_config(path: Path) -> tuple[dict, str]:

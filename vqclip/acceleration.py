@@ -1,0 +1,96 @@
+"""The engine's speed and memory switches: TF32, channels-last, decoder checkpointing, torch.compile.
+
+Each is read from `Settings`; `Accelerated` turns them into the two callables the step loop needs,
+one that decodes latents and one per guide that embeds cutouts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vqclip.models.clip import ClipModel
+from vqclip.models.vqgan import VQGAN
+from vqclip.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Function = Callable[[torch.Tensor], torch.Tensor]
+
+# Compiled wrappers live on the module they compile (so they go when it goes) and are built once per
+# process; a module whose compilation failed is marked and never compiled again.
+_COMPILED = "_vqclip_compiled"
+_FAILED = "_vqclip_compile_failed"
+
+
+def configure_backends(device: torch.device, settings: Settings) -> None:
+    """TF32 for CUDA matrix products and convolutions as the settings say; cuDNN picks the fastest kernels."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+        torch.backends.cudnn.allow_tf32 = settings.tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def channels_last_enabled(device: torch.device, settings: Settings) -> bool:
+    """Channels-last for the decoder: as set, or on CUDA only when unset."""
+    return device.type == "cuda" if settings.channels_last is None else settings.channels_last
+
+
+def _compiled(module: nn.Module, variant: str, function: Function) -> Function:
+    variants = module.__dict__.setdefault(_COMPILED, {})
+    if variant not in variants:
+        variants[variant] = torch.compile(function)
+    return variants[variant]
+
+
+@dataclass
+class Accelerated:
+    """The decoder and guide encoders of one generate call, with the settings' switches applied."""
+
+    vqgan: VQGAN
+    guides: list[ClipModel]
+    channels_last: bool
+    checkpointed: bool
+    compile: bool
+
+    @classmethod
+    def build(cls, vqgan: VQGAN, guides: list[ClipModel], device: torch.device, settings: Settings, side: int) -> Accelerated:
+        """Apply the settings to the models for images whose larger side is `side` pixels."""
+        configure_backends(device, settings)
+        channels_last = channels_last_enabled(device, settings)
+        vqgan.decoder.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        checkpointed = 0 < settings.checkpoint_side <= side
+        return cls(vqgan, guides, channels_last, checkpointed, settings.compile and not cls.compile_failed(vqgan))
+
+    @staticmethod
+    def compile_failed(module: nn.Module) -> bool:
+        """True once compiling this module failed in this process."""
+        return module.__dict__.get(_FAILED, False)
+
+    def fall_back_to_eager(self, error: BaseException) -> None:
+        """Give up torch.compile for these models for the rest of the process."""
+        log.warning("torch.compile failed (%s: %s); running eagerly", type(error).__name__, str(error).splitlines()[0][:300])
+        self.vqgan.__dict__[_FAILED] = True
+        self.compile = False
+
+    def decode(self, quantised: torch.Tensor) -> torch.Tensor:
+        """Decode quantised latents (batch, dim, rows, cols) to images in roughly [-1, 1]."""
+        if self.channels_last:
+            quantised = quantised.contiguous(memory_format=torch.channels_last)
+
+        run = functools.partial(self.vqgan.decode, checkpointed=self.checkpointed)
+        if self.compile:
+            run = _compiled(self.vqgan, f"decode:{self.checkpointed}", run)
+        return run(quantised)
+
+    def embed(self, guide: int, cutouts: torch.Tensor) -> torch.Tensor:
+        """Image embeddings of `cutouts` by guide number `guide`, keeping the graph for gradients."""
+        clip = self.guides[guide]
+        if self.compile:
+            return _compiled(clip.model, "embed", clip.embed_images)(cutouts)
+        return clip.embed_images(cutouts)
