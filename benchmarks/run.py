@@ -250,6 +250,8 @@ def machine() -> dict:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         pass
+    # A copy of the tree without its .git (a rented GPU machine, say) is told its commit instead.
+    info["commit"] = info.get("commit") or os.environ.get("VQCLIP_COMMIT", "unknown")
     return info
 
 
