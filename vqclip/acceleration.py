@@ -36,11 +36,6 @@ def configure_backends(device: torch.device, settings: Settings) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def channels_last_enabled(device: torch.device, settings: Settings) -> bool:
-    """Channels-last for the decoder: as set, or on CUDA only when unset."""
-    return device.type == "cuda" if settings.channels_last is None else settings.channels_last
-
-
 def _compiled(module: nn.Module, variant: str, function: Function) -> Function:
     variants = module.__dict__.setdefault(_COMPILED, {})
     if variant not in variants:
@@ -62,7 +57,7 @@ class Accelerated:
     def build(cls, vqgan: VQGAN, guides: list[ClipModel], device: torch.device, settings: Settings, side: int) -> Accelerated:
         """Apply the settings to the models for images whose larger side is `side` pixels."""
         configure_backends(device, settings)
-        channels_last = channels_last_enabled(device, settings)
+        channels_last = settings.channels_last
         vqgan.decoder.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         checkpointed = 0 < settings.checkpoint_side <= side
         return cls(vqgan, guides, channels_last, checkpointed, settings.compile and not cls.compile_failed(vqgan))

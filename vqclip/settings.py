@@ -34,8 +34,9 @@ class Settings(BaseSettings):
         0, ge=0, description="Items per forward/backward pass within a batch; 0: 1 on CPU, the whole batch on CUDA."
     )
     tf32: bool = Field(True, description="TF32 tensor cores for fp32 matrix products and convolutions on CUDA.")
-    channels_last: bool | None = Field(
-        None, description="Channels-last memory format for the VQGAN decoder; unset: on for CUDA, off for CPU."
+    channels_last: bool = Field(
+        False, description="Channels-last memory format for the VQGAN decoder (measured slower on an H200: 0.175 s "
+        "against 0.156 s per step at batch 16 in bf16)."
     )
     checkpoint_side: int = Field(
         0,
