@@ -38,7 +38,8 @@ LARGEST_BATCH_CAP = 256
 COMPILE_TIMEOUT_S = 150
 
 # Engine variants beside the default settings; "fp32-strict" (batch 1) is what every ratio divides by.
-STRICT_FP32 = {"tf32": False, "channels_last": False}
+FP32 = {"bf16": False}
+STRICT_FP32 = {"bf16": False, "tf32": False}
 BF16 = {"bf16": True}
 BF16_CHANNELS_LAST = {"bf16": True, "channels_last": True}
 BF16_COMPILE = {"bf16": True, "compile": True}
@@ -107,11 +108,11 @@ def engine(device: str, quick: bool, repeats: int) -> list[dict]:
     preset, size, cutouts = _shape(quick)
     models = load_models(preset, device=device, include_scorer=False)
     if device == "cpu":
-        plan = [("fp32", {}, 1), ("fp32", {}, 4)]
+        plan = [("fp32", FP32, 1), ("fp32", FP32, 4)]
     else:
         largest = largest_batch(models, size, cutouts, BF16)
         plan = [("fp32-strict", STRICT_FP32, 1)]
-        plan += [("fp32", {}, batch) for batch in (1, 4, 16)]
+        plan += [("fp32", FP32, batch) for batch in (1, 4, 16)]
         plan += [("bf16", BF16, batch) for batch in sorted({1, 4, 16, largest})]
         plan += [("bf16-channels-last", BF16_CHANNELS_LAST, 16)]
     rows = [_engine_row(models, variant, switches, batch, size, cutouts, repeats) for variant, switches, batch in plan]
@@ -252,13 +253,16 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        pass
-    # A copy of the tree without its .git (a rented GPU machine, say) is told its commit instead.
-    info["commit"] = info.get("commit") or os.environ.get("VQCLIP_COMMIT", "unknown")
+    # A copy of the tree whose .git is missing or stale (on a rented GPU machine, say) is told its commit.
+    info["commit"] = os.environ.get("VQCLIP_COMMIT") or _git_commit()
     return info
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def _number(value: object) -> str:

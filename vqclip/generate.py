@@ -99,8 +99,8 @@ class GenerationResult:
 
 
 def bf16_enabled(device: torch.device, settings: Settings) -> bool:
-    """bf16 autocast for the decoder and CLIP: on CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX)."""
-    if not settings.bf16:
+    """bf16 autocast for the decoder and CLIP: on CUDA unless turned off; on CPUs with native bf16 if asked for."""
+    if not (device.type == "cuda" if settings.bf16 is None else settings.bf16):
         return False
     if device.type == "cuda":
         return True

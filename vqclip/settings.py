@@ -25,10 +25,10 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="Never touch the network; missing weights fail at once.")
     connect_timeout: float = Field(4.0, gt=0, description="Seconds to reach a weight host before giving up.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
-    bf16: bool = Field(
-        False,
-        description="bf16 autocast for CLIP and the VQGAN decoder (CUDA, and CPUs with native bf16): faster, "
-        "but an item's pixels then depend on which items share its batch.",
+    bf16: bool | None = Field(
+        None,
+        description="bf16 autocast for CLIP and the VQGAN decoder (CUDA, and CPUs with native bf16). Unset: on for "
+        "CUDA, off for CPUs, where fp32 keeps an item's pixels independent of the other items in its batch.",
     )
     micro_batch: int = Field(
         0, ge=0, description="Items per forward/backward pass within a batch; 0: 1 on CPU, the whole batch on CUDA."
