@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole CUDA benchmark in one go (about 5 minutes on one H100): every section of benchmarks.run
-# on the GPU, its JSON and log written into the folder given as argument.
+# The whole CUDA benchmark in one go: every section of benchmarks.run on the GPU, its JSON, log and
+# RESULTS.md entry written into the folder given as argument. Further arguments go to
+# benchmarks.run (--compile adds the torch.compile row: about 2 more minutes, mostly compiling).
 #
-#   benchmarks/gpu_check.sh OUT_DIR
+#   benchmarks/gpu_check.sh OUT_DIR [--compile]
 #
 # PYTHON picks the interpreter (default python3). On a machine without a package index, set
 # VQCLIP_WHEELS to a folder of wheels for what that Python lacks (open_clip_torch,
@@ -25,5 +26,5 @@ export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee "$out/gpu.csv"
 started=$SECONDS
-"$python" -m benchmarks.run --device cuda --json "$out/cuda.json" --markdown "$out/cuda.md" 2>&1 | tee "$out/cuda.log"
+"$python" -m benchmarks.run --device cuda --json "$out/cuda.json" --markdown "$out/cuda.md" "${@:2}" 2>&1 | tee "$out/cuda.log"
 echo "gpu_check: benchmark took $((SECONDS - started)) s; results in $out"

@@ -1,6 +1,6 @@
 """The benchmark harness: engine throughput, memory, model load, orchestration overhead, scoring.
 
-    python -m benchmarks.run [--device cpu|cuda] [--quick] [--json FILE] [--markdown FILE]
+    python -m benchmarks.run [--device cpu|cuda] [--quick] [--json FILE] [--markdown FILE] [--only S,S] [--compile]
 
 Every figure is the median of several timed steps after a warm-up, measured side by side in this one
 run; ratios compare against sequential batch-1 fp32 of the same run (on CUDA: strict fp32, TF32 and
@@ -282,8 +282,10 @@ def markdown(results: dict, command: str) -> str:
     info = results["machine"]
     where = info.get("gpu") or f"{info['cpu']} ({info['threads']} threads)"
     lines = [f"## {results['date']}: {where}, torch {info['torch']}, commit {info.get('commit', '?')}", "", f"`{command}`", ""]
+    timings = results.get("section_seconds", {})
+    lines += ["Seconds per section: " + ", ".join(f"{k} {v}" for k, v in timings.items()), ""] if timings else []
     for section, value in results.items():
-        if section in ("machine", "date", "device", "quick"):
+        if section in ("machine", "date", "device", "quick", "section_seconds"):
             continue
         lines += [f"**{section}**", ""]
         lines += _table(value if isinstance(value, list) else [value]) + [""]
@@ -297,6 +299,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--markdown", type=Path, help="also append the results to this file as a RESULTS.md entry")
     parser.add_argument("--only", help="comma-separated sections to run (engine, quality, memory, model_load, orchestration, scoring, compile)")
+    parser.add_argument("--compile", action="store_true", help="also time bf16 + torch.compile on CUDA (about 2 minutes of compiling)")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
     repeats = 2 if args.quick else 5
@@ -306,6 +309,7 @@ def main() -> None:
     def section(name: str, measure: Callable[[], object], show: Callable[[object], None]) -> object:
         if wanted is not None and name not in wanted:
             return None
+        started = time.perf_counter()
         try:
             results[name] = value = measure()
         except Exception:  # noqa: BLE001 - one broken section must not cost the others' figures
@@ -315,6 +319,7 @@ def main() -> None:
             value = None
         else:
             show(value)
+        results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - started, 1)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2))
@@ -344,8 +349,9 @@ def main() -> None:
     section("model_load", lambda: model_load(args.quick, step, args.device), show_rows("3. model load"))
     section("orchestration", lambda: orchestration(args.device), show_rows("4. orchestration"))
     section("scoring", lambda: scoring(args.device, args.quick, repeats), show_rows("5. scoring"))
-    if args.device == "cuda":
+    if args.device == "cuda" and (args.compile or (wanted and "compile" in wanted)):
         section("compile", lambda: compiled(args.quick, repeats, rows[0] if rows else None), show_rows("6. torch.compile"))
+    print("\nseconds per section:", ", ".join(f"{k} {v}" for k, v in results["section_seconds"].items()))
     print(f"\npeak RSS of the harness process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     if args.markdown:
         with args.markdown.open("a") as handle:
