@@ -57,10 +57,10 @@ class Accelerated:
     def build(cls, vqgan: VQGAN, guides: list[ClipModel], device: torch.device, settings: Settings, side: int) -> Accelerated:
         """Apply the settings to the models for images whose larger side is `side` pixels."""
         configure_backends(device, settings)
-        channels_last = settings.channels_last
-        vqgan.decoder.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        vqgan.decoder.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
         checkpointed = 0 < settings.checkpoint_side <= side
-        return cls(vqgan, guides, channels_last, checkpointed, settings.compile and not cls.compile_failed(vqgan))
+        compile = settings.compile and not cls.compile_failed(vqgan)
+        return cls(vqgan, guides, settings.channels_last, checkpointed, compile)
 
     @staticmethod
     def compile_failed(module: nn.Module) -> bool:
@@ -69,7 +69,8 @@ class Accelerated:
 
     def fall_back_to_eager(self, error: BaseException) -> None:
         """Give up torch.compile for these models for the rest of the process."""
-        log.warning("torch.compile failed (%s: %s); running eagerly", type(error).__name__, str(error).splitlines()[0][:300])
+        first_line = next(iter(str(error).splitlines()), "")
+        log.warning("torch.compile failed (%s: %s); running eagerly", type(error).__name__, first_line[:300])
         self.vqgan.__dict__[_FAILED] = True
         self.compile = False
 
