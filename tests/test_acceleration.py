@@ -14,6 +14,21 @@ from vqclip.settings import Settings
 from tests.test_generate import SETTINGS, item, pixels
 
 
+@pytest.fixture
+def no_compile_state(tiny_models):
+    """Forget compiled wrappers and failure marks on the shared tiny models, before and after."""
+    modules = [tiny_models.vqgan] + [clip.model for clip, _ in tiny_models.guides]
+
+    def clear():
+        for module in modules:
+            module.__dict__.pop("_vqclip_compiled", None)
+            module.__dict__.pop("_vqclip_compile_failed", None)
+
+    clear()
+    yield
+    clear()
+
+
 def taming_decode(vqgan, z):
     return vqgan.decoder(vqgan.post_quant_conv(z))
 
@@ -47,7 +62,7 @@ def test_channels_last_and_checkpointing_give_the_same_image(tiny_models):
         assert np.abs(pixels(a) - pixels(b)).max() <= 2
 
 
-def test_a_failing_compile_falls_back_to_eager_with_the_same_result(tiny_models, monkeypatch, caplog):
+def test_a_failing_compile_falls_back_to_eager_with_the_same_result(tiny_models, no_compile_state, monkeypatch, caplog):
     def broken_compile(function):
         def compiled(*args, **kwargs):
             raise RuntimeError("inductor: no C++ compiler found")
@@ -56,8 +71,6 @@ def test_a_failing_compile_falls_back_to_eager_with_the_same_result(tiny_models,
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     vqgan = tiny_models.vqgan
-    monkeypatch.delitem(vqgan.__dict__, "_vqclip_compiled", raising=False)
-    monkeypatch.delitem(vqgan.__dict__, "_vqclip_compile_failed", raising=False)
     batch = [item("a castle", 4, SETTINGS.model_copy(update={"steps": 5}))]
     (eager,) = generate(batch, tiny_models, Settings())
     with caplog.at_level(logging.WARNING, logger="vqclip.acceleration"):
@@ -69,10 +82,9 @@ def test_a_failing_compile_falls_back_to_eager_with_the_same_result(tiny_models,
     caplog.clear()
     generate(batch, tiny_models, Settings(compile=True))
     assert "torch.compile failed" not in caplog.text
-    del vqgan.__dict__["_vqclip_compile_failed"]
 
 
-def test_an_out_of_memory_error_under_compile_is_not_taken_for_a_compiler_failure(tiny_models, monkeypatch):
+def test_an_out_of_memory_error_under_compile_is_not_taken_for_a_compiler_failure(tiny_models, no_compile_state, monkeypatch):
     def compile_that_runs_out_of_memory(function):
         def compiled(*args, **kwargs):
             raise torch.OutOfMemoryError("CUDA out of memory")
@@ -80,8 +92,17 @@ def test_an_out_of_memory_error_under_compile_is_not_taken_for_a_compiler_failur
         return compiled
 
     monkeypatch.setattr(torch, "compile", compile_that_runs_out_of_memory)
-    monkeypatch.delitem(tiny_models.vqgan.__dict__, "_vqclip_compiled", raising=False)
     with pytest.raises(torch.OutOfMemoryError):
         generate([item("a castle", 4, SETTINGS.model_copy(update={"steps": 2}))], tiny_models, Settings(compile=True))
     assert not Accelerated.compile_failed(tiny_models.vqgan)
-    del tiny_models.vqgan.__dict__["_vqclip_compiled"]
+
+
+@pytest.mark.slow
+def test_torch_compile_really_compiles_and_gives_the_same_image(tiny_models, no_compile_state):
+    batch = [item("a red fox", 2, SETTINGS.model_copy(update={"steps": 4})), item("snow", 3, SETTINGS.model_copy(update={"steps": 4}))]
+    eager = generate(batch, tiny_models, Settings())
+    compiled = generate(batch, tiny_models, Settings(compile=True))
+    assert not Accelerated.compile_failed(tiny_models.vqgan), "inductor compiled the decoder and the guide"
+    assert "_vqclip_compiled" in tiny_models.vqgan.__dict__
+    for a, b in zip(eager, compiled):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 2

@@ -80,7 +80,9 @@ class Accelerated:
             quantised = quantised.contiguous(memory_format=torch.channels_last)
 
         run = functools.partial(self.vqgan.decode, checkpointed=self.checkpointed)
-        if self.compile:
+        # Only the optimisation steps are compiled: the final decode (no gradients) runs once per
+        # batch and is not worth a second compilation.
+        if self.compile and torch.is_grad_enabled():
             run = _compiled(self.vqgan, f"decode:{self.checkpointed}", run)
         return run(quantised)
 
