@@ -232,3 +232,21 @@ def test_a_checkpoint_that_does_not_match_its_config_is_reported(tmp_path):
     (tmp_path / "x.yaml").write_bytes(taming_config())
     with pytest.raises(ModelError, match="does not match"):
         load_vqgan(tmp_path / "x.yaml", tmp_path / "x.ckpt")
+
+
+def test_concurrent_loads_build_the_models_once(monkeypatch):
+    import threading
+
+    built = []
+    original = loader.build_vqgan
+    monkeypatch.setattr(loader, "build_vqgan", lambda *a, **k: built.append(1) or original(*a, **k))
+    loader.unload_models()
+    spec, results = loader.models_for_preset("tiny"), []
+    preload = loader.preload_models([spec])
+    threads = [threading.Thread(target=lambda: results.append(load_models(spec, device="cpu"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads + [preload]:
+        thread.join(60)
+    assert len(built) == 1, "the preload and both callers share one build"
+    assert results[0].vqgan is results[1].vqgan and results[0].guides[0][0] is results[1].guides[0][0]

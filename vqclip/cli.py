@@ -213,7 +213,7 @@ def run(
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     from vqclip import layout
     from vqclip.models.download import ensure_files
-    from vqclip.models.loader import required_files
+    from vqclip.models.loader import preload_models, required_files
     from vqclip.runs import new_run_id
     from vqclip.settings import get_settings
 
@@ -227,13 +227,21 @@ def run(
             for spec in {item.models for item in items}:
                 ensure_files(required_files(spec, settings), settings)
     console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}")
+    # Building the models overlaps with Prefect starting its temporary API server (seconds each);
+    # a resumed run preloads only for items without a sidecar yet.
+    with user_errors():
+        sidecars = {key.rsplit("/", 1)[-1] for key in store.list(layout.items_prefix(run_id)) if key.endswith(".json")}
+    preload = preload_models(list(dict.fromkeys(i.models for i in items if f"{i.item_id}.json" not in sidecars)))
 
     from flows.batch import batch_generate
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
-        task = bar.add_task("images", total=len(items))
-        with _ProgressWatcher(store, run_id, lambda done: bar.update(task, completed=done)):
-            state = batch_generate(manifest=manifest, storage=storage, run_id=run_id, preset=preset, return_state=True)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
+            task = bar.add_task("images", total=len(items))
+            with _ProgressWatcher(store, run_id, lambda done: bar.update(task, completed=done)):
+                state = batch_generate(manifest=manifest, storage=storage, run_id=run_id, preset=preset, return_state=True)
+    finally:
+        preload.join()  # never leave a thread building models while the interpreter shuts down
     if store.exists(layout.index_key(run_id)):
         with user_errors():
             console.print(_summary_table(storage, run_id))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_SEED = 1207
 _LOADED: dict[tuple[str, str], object] = {}
+_LOADING = threading.RLock()  # one load at a time: a second caller waits for, then reuses, the first's models
 
 
 @dataclass
@@ -101,20 +104,41 @@ def load_models(
     settings = settings or get_settings()
     spec = models_for_preset(spec) if isinstance(spec, str) else spec
     device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
-    ensure_files(required_files(spec, settings, include_scorer), settings)
-    guides = [(_clip(_clip_name(name, spec.random_weights), settings, device), weight) for name, weight in spec.guides]
-    scorer = _clip(_clip_name(spec.scorer, spec.random_weights), settings, device) if include_scorer else None
-    return Models(spec=spec, vqgan=_vqgan(spec, settings, device), guides=guides, scorer=scorer, device=device)
+    with _LOADING:
+        ensure_files(required_files(spec, settings, include_scorer), settings)
+        guides = [(_clip(_clip_name(name, spec.random_weights), settings, device), weight) for name, weight in spec.guides]
+        scorer = _clip(_clip_name(spec.scorer, spec.random_weights), settings, device) if include_scorer else None
+        return Models(spec=spec, vqgan=_vqgan(spec, settings, device), guides=guides, scorer=scorer, device=device)
+
+
+def preload_models(specs: Iterable[ModelSpec]) -> threading.Thread:
+    """Start loading the models of `specs` on a background thread (while Prefect starts its API, say).
+
+    A later `load_models` call waits for this load and reuses its models. A failure here is only
+    logged: the later call meets it again and reports it.
+    """
+
+    def load() -> None:
+        for spec in specs:
+            try:
+                load_models(spec)
+            except Exception as exc:  # noqa: BLE001 - reported by the load that needs the models
+                log.debug("preloading %s failed: %s", spec, exc)
+
+    thread = threading.Thread(target=load, name="vqclip-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_scorer(name: str, settings: Settings | None = None, device: torch.device | str | None = None) -> ClipModel:
     """Fetch (if needed) and build one CLIP model for scoring."""
     settings = settings or get_settings()
     device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
-    source = clip_weight_file(name, settings)
-    if isinstance(source, Wanted):
-        ensure_files([source], settings)
-    return _clip(name, settings, device)
+    with _LOADING:
+        source = clip_weight_file(name, settings)
+        if isinstance(source, Wanted):
+            ensure_files([source], settings)
+        return _clip(name, settings, device)
 
 
 def cached_files(spec: ModelSpec, settings: Settings) -> list[tuple[Path, bool]]:
@@ -124,6 +148,7 @@ def cached_files(spec: ModelSpec, settings: Settings) -> list[tuple[Path, bool]]
 
 def unload_models() -> None:
     """Forget every model this process loaded (tests; freeing memory)."""
-    _LOADED.clear()
+    with _LOADING:
+        _LOADED.clear()
 
 
