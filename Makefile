@@ -27,4 +27,4 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 bench: install
-	$(PY) -m benchmarks.engine_step
+	$(PY) -m benchmarks.run
