@@ -230,8 +230,8 @@ def run(
     # Building the models overlaps with Prefect starting its temporary API server (seconds each);
     # a resumed run preloads only for items without a sidecar yet.
     with user_errors():
-        sidecars = {key.rsplit("/", 1)[-1] for key in store.list(layout.items_prefix(run_id)) if key.endswith(".json")}
-    preload = preload_models(list(dict.fromkeys(i.models for i in items if f"{i.item_id}.json" not in sidecars)))
+        stored = set(store.list(layout.items_prefix(run_id)))
+    preload = preload_models(list(dict.fromkeys(i.models for i in items if layout.sidecar_key(run_id, i.item_id) not in stored)))
 
     from flows.batch import batch_generate
 
