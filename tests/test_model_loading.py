@@ -250,3 +250,36 @@ def test_concurrent_loads_build_the_models_once(monkeypatch):
         thread.join(60)
     assert len(built) == 1, "the preload and both callers share one build"
     assert results[0].vqgan is results[1].vqgan and results[0].guides[0][0] is results[1].guides[0][0]
+
+
+def test_a_clip_weight_file_loads_exactly_its_weights_and_random_models_stay_random(tmp_path, monkeypatch):
+    """Trained CLIPs are built without random initialisation and read through a memory map: every
+    weight must still come from the file, and random-weight models built afterwards must not change."""
+    import open_clip.factory
+
+    from vqclip.models.clip import _random_clip, build_clip
+
+    random_before = _random_clip("tiny-clip-a").state_dict()
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "vqclip-test-clip", presets.TINY_CLIPS["tiny-clip-b"])
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        trained = open_clip.create_model("vqclip-test-clip").state_dict()
+    path = tmp_path / "weights.bin"
+    torch.save(trained, path)
+    model = build_clip(f"vqclip-test-clip/{path}", path, torch.device("cpu")).model
+    loaded = model.state_dict()
+    assert loaded.keys() == trained.keys()
+    for key, value in trained.items():
+        assert torch.equal(loaded[key], value), key
+    random_after = _random_clip("tiny-clip-a").state_dict()
+    for key, value in random_before.items():
+        assert torch.equal(random_after[key], value), key
+
+
+def test_checkpoints_in_the_legacy_pre_zip_format_still_load(tmp_path):
+    reference = build_vqgan(TINY, "taming.models.vqgan.VQModel")
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": reference.state_dict()}, path, _use_new_zipfile_serialization=False)
+    state = load_state_dict(path)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(state[key], value), key

@@ -14,6 +14,7 @@ from open_clip.model import CLIP
 from torch import nn
 
 from vqclip.errors import ModelError
+from vqclip.models.checkpoint import mapped_loads, skip_weight_init
 from vqclip.models.download import Wanted
 from vqclip.models.presets import RANDOM, TINY_CLIPS, RemoteFile, split_clip_name
 from vqclip.settings import Settings
@@ -109,9 +110,10 @@ def build_clip(name: str, weights: Path | None, device: torch.device) -> ClipMod
         cfg = {} if os.path.isfile(tag) else _pretrained_cfg(model_name, tag)
         mean, std = cfg.get("mean", mean), cfg.get("std", std)
         try:
-            model = open_clip.create_model(
-                model_name, pretrained=str(weights), force_quick_gelu=bool(cfg.get("quick_gelu", False))
-            )
+            with skip_weight_init(), mapped_loads(weights):
+                model = open_clip.create_model(
+                    model_name, pretrained=str(weights), force_quick_gelu=bool(cfg.get("quick_gelu", False))
+                )
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ModelError(f"could not load CLIP {name} from {weights}: {exc}") from None
     model = model.to(device).eval().requires_grad_(False)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vqclip.errors import ModelError
-from vqclip.models.checkpoint import load_state_dict
+from vqclip.models.checkpoint import load_state_dict, skip_weight_init
 
 GUMBEL_TARGET = "taming.models.vqgan.GumbelVQ"
 NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
@@ -113,7 +113,8 @@ def build_vqgan(params: dict, target: str) -> VQGAN:
 def load_vqgan(config_path: Path, checkpoint_path: Path) -> VQGAN:
     """Build a VQGAN from a taming config and load its checkpoint (losses' weights are skipped)."""
     params, prefix = read_config(config_path)
-    model = build_vqgan(params, params["target"])
+    with skip_weight_init():
+        model = build_vqgan(params, params["target"])
     state = load_state_dict(checkpoint_path, prefix=prefix)
     missing = [key for key in model.state_dict() if key not in state]
     if missing:
