@@ -33,7 +33,11 @@ def bench_items(spec, batch: int, size: int, cutouts: int, steps: int) -> list[W
 
 
 def step_times(models, items: list[WorkItem], runtime: Settings | None = None) -> list[float]:
-    """Wall time of every optimisation step of one `generate` call (the GPU is synchronised per step)."""
+    """Wall time of every optimisation step of one `generate` call (the GPU is synchronised per step).
+
+    The first includes the call's set-up and any first-time work at this shape (cuDNN's kernel
+    search, lazy kernel loading); leave it out of a steady-state figure.
+    """
     stamps = [time.perf_counter()]
 
     def tick(done: int, total: int) -> None:
@@ -42,13 +46,13 @@ def step_times(models, items: list[WorkItem], runtime: Settings | None = None) -
         stamps.append(time.perf_counter())
 
     generate(items, models, settings=runtime, progress=tick)
-    return [b - a for a, b in zip(stamps[1:-1], stamps[2:])]
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:])]
 
 
 def seconds_per_step(preset: str, size: int, cutouts: int, batch: int, repeats: int, device: str) -> float:
     """Median wall time of one optimisation step for `batch` items, the first step (warm-up) left out."""
     models = load_models(preset, device=device, include_scorer=False)
-    return statistics.median(step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 2)))
+    return statistics.median(step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 1))[1:])
 
 
 def main() -> None:

@@ -29,11 +29,11 @@ _FAILED = "_vqclip_compile_failed"
 
 
 def configure_backends(device: torch.device, settings: Settings) -> None:
-    """TF32 for CUDA matrix products and convolutions as the settings say; cuDNN picks the fastest kernels."""
+    """TF32 for CUDA matrix products and convolutions, and cuDNN's kernel search, as the settings say."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
         torch.backends.cudnn.allow_tf32 = settings.tf32
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
 
 
 def _compiled(module: nn.Module, variant: str, function: Function) -> Function:

@@ -36,7 +36,7 @@ def measure_batch_memory(models: Models, item: WorkItem, runtime: Settings) -> t
             item.model_copy(update={"seed": i, "settings": probe, "init_image": None, "image_prompts": ()})
             for i in range(count)
         ]
-        generate(items, models, runtime)  # first at this shape: cuDNN's kernel search allocates scratch memory
+        generate(items, models, runtime)  # first at this shape: a cuDNN kernel search, if on, allocates scratch
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)

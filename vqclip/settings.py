@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         False, description="Channels-last memory format for the VQGAN decoder (measured slower on an H200: 0.175 s "
         "against 0.156 s per step at batch 16 in bf16)."
     )
+    cudnn_benchmark: bool = Field(
+        False,
+        description="Let cuDNN time its kernels for every new input shape (each batch size and image size). The "
+        "search costs seconds per shape on an H100 for a few percent per step at best, so it is off.",
+    )
     checkpoint_side: int = Field(
         0,
         ge=0,
