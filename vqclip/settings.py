@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     )
     cudnn_benchmark: bool = Field(
         False,
-        description="Let cuDNN time its kernels for every new input shape (each batch size and image size). The "
-        "search costs seconds per shape on an H100 for a few percent per step at best, so it is off.",
+        description="Let cuDNN time its kernels for every new input shape (each batch and image size). Measured on "
+        "an H100: no faster per step in bf16; 1.8x faster fp32 at batch 1, but its search took minutes across fp32 shapes.",
     )
     checkpoint_side: int = Field(
         0,
