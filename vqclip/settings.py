@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     cudnn_benchmark: bool = Field(
         False,
         description="Let cuDNN time its kernels for every new input shape (each batch and image size). Measured on "
-        "an H100: no faster per step in bf16; 1.8x faster fp32 at batch 1, but its search took minutes across fp32 shapes.",
+        "an H100: no faster per step in bf16, and the searches for fp32 shapes took minutes.",
     )
     checkpoint_side: int = Field(
         0,
