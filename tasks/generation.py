@@ -15,7 +15,7 @@ from vqclip.items import WorkItem
 from vqclip.models.loader import load_models
 from vqclip.records import ShardOutcome
 from vqclip.runs import commit_result, pending_items, read_inputs
-from vqclip.settings import get_settings
+from vqclip.settings import Settings, get_settings
 from vqclip.storage import ObjectStore, open_store
 from vqclip.uploader import BackgroundUploader
 
@@ -30,29 +30,41 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def run_items(items: list[WorkItem], models, store, run_id: str, logger, uploads: BackgroundUploader) -> dict[str, str]:
+def run_items(
+    items: list[WorkItem], models, store, run_id: str, logger, uploads: BackgroundUploader, runtime: Settings
+) -> dict[str, str]:
     """Generate `items` as one batch and queue each finished image's commit; return failed items' errors.
 
-    Halves the batch on out-of-memory; restarts an item whose loss became non-finite once at half lr.
+    On out-of-memory, halves the batch; a single item that still does not fit runs again with the
+    decoder's activations recomputed (checkpointing: about half the memory at 512 px). Restarts an
+    item whose loss became non-finite once at half lr.
     """
     try:
-        results = engine.generate(items, models, images=read_inputs(store, run_id, items))
+        results = engine.generate(items, models, runtime, images=read_inputs(store, run_id, items))
     except Exception as exc:
-        if not _is_out_of_memory(exc) or len(items) == 1:
+        if not _is_out_of_memory(exc):
             raise
-        half = len(items) // 2
-        logger.warning("out of memory with %d items; retrying as %d + %d", len(items), half, len(items) - half)
         if models.device.type == "cuda":
             torch.cuda.empty_cache()
-        first = run_items(items[:half], models, store, run_id, logger, uploads)
-        return first | run_items(items[half:], models, store, run_id, logger, uploads)
+        if len(items) > 1:
+            half = len(items) // 2
+            logger.warning("out of memory with %d items; retrying as %d + %d", len(items), half, len(items) - half)
+            first = run_items(items[:half], models, store, run_id, logger, uploads, runtime)
+            return first | run_items(items[half:], models, store, run_id, logger, uploads, runtime)
+        side = max(items[0].settings.width, items[0].settings.height)
+        if 0 < runtime.checkpoint_side <= side:
+            raise
+        logger.warning("out of memory with one %d px item; retrying with decoder checkpointing", side)
+        checkpointed = runtime.model_copy(update={"checkpoint_side": side})
+        return run_items(items, models, store, run_id, logger, uploads, checkpointed)
     failed = {}
     for item, result in zip(items, results):
         attempt = 1
         if not result.ok:
             slower = item.settings.model_copy(update={"lr": item.settings.lr / 2})
             logger.warning("item %s: %s; restarting it from its seed at lr %g", item.item_id, result.error, slower.lr)
-            (result,) = engine.generate([item.model_copy(update={"settings": slower})], models, images=read_inputs(store, run_id, [item]))
+            restarted = item.model_copy(update={"settings": slower})
+            (result,) = engine.generate([restarted], models, runtime, images=read_inputs(store, run_id, [item]))
             attempt = 2
         if result.ok:
             uploads.submit(commit_image, store, run_id, item, result, str(models.device), attempt)
@@ -90,5 +102,5 @@ def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOut
     failed: dict[str, str] = {}
     with BackgroundUploader(runtime.upload_queue) as uploads:
         for batch in batches(todo, size):
-            failed |= run_items(batch, models, store, run_id, logger, uploads)
+            failed |= run_items(batch, models, store, run_id, logger, uploads, runtime)
     return ShardOutcome(done=[i.item_id for i in items if i.item_id not in failed], failed=failed)

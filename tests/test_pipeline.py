@@ -143,6 +143,22 @@ def test_out_of_memory_splits_the_shard(manifest, tmp_path, monkeypatch):
     check_complete_run(open_store(storage), "oom", ITEMS)
 
 
+def test_a_single_item_out_of_memory_runs_again_with_decoder_checkpointing(manifest, tmp_path, monkeypatch):
+    original, calls = generation.engine.generate, []
+
+    def memory_for_checkpointed_only(items, models, settings, *args, **kwargs):
+        calls.append((len(items), settings.checkpoint_side))
+        if not 0 < settings.checkpoint_side <= items[0].settings.width:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return original(items, models, settings, *args, **kwargs)
+
+    monkeypatch.setattr(generation.engine, "generate", memory_for_checkpointed_only)
+    storage = str(tmp_path / "out")
+    assert run(manifest, storage, "oom-checkpoint").is_completed()
+    assert (1, 0) in calls and (1, 64) in calls, "a lone item that does not fit is retried with checkpointing"
+    check_complete_run(open_store(storage), "oom-checkpoint", ITEMS)
+
+
 def test_a_nan_item_restarts_at_half_lr_then_fails_alone(manifest, tmp_path, monkeypatch):
     original, calls = generation.engine.generate, []
 
