@@ -214,41 +214,60 @@ def model_load(quick: bool, seconds_per_step: float, device: str) -> dict:
 def orchestration(device: str, quick: bool) -> list[dict]:
     """A 16-item tiny manifest through `vqclip run` against the same items through the engine alone.
 
-    At 30 steps per image (the goal's figure) and at the manifests' default of 300, where the same
-    fixed costs (imports, Prefect's temporary API server) weigh a tenth as much.
+    Both are fresh processes that import, load the models and generate the same items; `vqclip run`
+    also starts Prefect's temporary API server (unless PREFECT_API_URL names one), stores every
+    image and sidecar, scores, ranks and writes the reports. At 300 steps per image (the manifests'
+    default) and at 30, where the same fixed costs weigh ten times as much. The two run in
+    alternating order, pair after pair (a slow minute on a shared machine moves one pair, not the
+    median).
     """
     if importlib.util.find_spec("prefect") is None:
         return [{"note": "not measured: Prefect is not installed in this environment"}]
-    return [_orchestration_row(device, steps) for steps in ((5,) if quick else (30, 300))]
+    plan = ((5, 1),) if quick else ((300, 2), (30, 3))
+    return [_orchestration_row(device, steps, pairs) for steps, pairs in plan]
 
 
-def _orchestration_row(device: str, steps: int) -> dict:
-    from vqclip.generate import generate
-    from vqclip.manifest import load_manifest, shards
+def _orchestration_row(device: str, steps: int, pairs: int) -> dict:
+    from vqclip.manifest import load_manifest_file
 
     manifest = (
         f"defaults: {{preset: tiny, width: 64, height: 64, steps: {steps}, cutouts: 8, n: 4, batch_size: 4}}\n"
         "prompts: [a red fox, a castle, snow, a blue sea]\n"
     )
+    env = {**os.environ, "VQCLIP_DEVICE": device, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    engine, generation, pipeline = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.yaml"
         path.write_text(manifest)
-        items = load_manifest(manifest.encode(), "bench.yaml").plan()
-        models = load_models("tiny", device=device)
-        started = time.perf_counter()
-        for shard in shards(items, 4):
-            generate(shard, models)
-        engine_seconds = time.perf_counter() - started
-        env = {**os.environ, "VQCLIP_DEVICE": device, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vqclip.cli", "run", str(path), "--storage", str(Path(folder) / "out")], env=env, check=True, capture_output=True)
-        pipeline_seconds = time.perf_counter() - started
+        items = len(load_manifest_file(path).plan())
+
+        def run_engine() -> None:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "benchmarks.engine_only", str(path), "--device", device], env=env, check=True, capture_output=True, text=True)
+            engine.append(time.perf_counter() - started)
+            generation.append(float(done.stdout.split()[-1]))
+
+        def run_pipeline() -> None:
+            started = time.perf_counter()
+            out = Path(folder) / f"out{len(pipeline)}"
+            subprocess.run([sys.executable, "-m", "vqclip.cli", "run", str(path), "--storage", str(out)], env=env, check=True, capture_output=True)
+            pipeline.append(time.perf_counter() - started)
+
+        for pair in range(pairs):
+            for measure in (run_engine, run_pipeline) if pair % 2 == 0 else (run_pipeline, run_engine):
+                measure()
+    overheads = [run / alone - 1 for run, alone in zip(pipeline, engine)]
     return {
-        "items": len(items),
+        "items": items,
         "steps": steps,
-        "engine_s": engine_seconds,
-        "vqclip_run_s": pipeline_seconds,
-        "overhead": pipeline_seconds / engine_seconds - 1,
+        "pairs": pairs,
+        "prefect_api": os.environ.get("PREFECT_API_URL") or "temporary server",
+        "engine_s": statistics.median(engine),
+        "engine_generation_s": statistics.median(generation),
+        "vqclip_run_s": statistics.median(pipeline),
+        "overhead": statistics.median(overheads),
+        "overhead_per_pair": overheads,
+        "overhead_vs_generation_only": statistics.median(run / alone - 1 for run, alone in zip(pipeline, generation)),
     }
 
 
@@ -292,6 +311,8 @@ def _git_commit() -> str:
 def _number(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list):
+        return " / ".join(_number(v) for v in value)
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

@@ -116,7 +116,7 @@ def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monk
         return original(self, key, data, content_type)
 
     monkeypatch.setattr(LocalStore, "put_bytes", flaky)
-    monkeypatch.setattr(generation.commit_image, "retry_delay_seconds", [0] * 5)
+    monkeypatch.setattr(generation, "COMMIT_RETRY_DELAYS", (0,) * 5)
     generated = []
     original_generate = generation.engine.generate
     monkeypatch.setattr(generation.engine, "generate", lambda items, *a, **k: generated.extend(items) or original_generate(items, *a, **k))

@@ -1,0 +1,173 @@
+"""A temporary Prefect API server for `vqclip run`, started before the run's heavy imports.
+
+With no API configured, Prefect starts the same server itself when the first flow is called: it
+imports its server package into the calling process (about 3 s on a 2-core machine), then waits
+for the child to boot (3-5 s more), after torch and the models have already loaded. Starting the
+child first, without importing Prefect here, lets its boot overlap those imports on another core.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.util import find_spec
+from pathlib import Path
+
+from vqclip.errors import VqclipError
+
+_STARTUP_FAILED = 3  # uvicorn's exit status when its start-up fails (a port taken, say)
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+class ApiServerError(VqclipError):
+    """The temporary API server did not start."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM when `vqclip run` dies without stopping it.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api_configured() -> bool:
+    """Whether Prefect already has an API to talk to (PREFECT_API_URL, or Prefect's settings when loaded)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        return bool(get_current_settings().api.url)
+    return False
+
+
+class TemporaryApiServer:
+    """Prefect's API server (no UI; its database as Prefect's settings say) in a child process on a free loopback port."""
+
+    def __init__(self) -> None:
+        self._output = tempfile.TemporaryFile()
+        self._launch()
+
+    def _launch(self) -> None:
+        self._output.seek(0)
+        self._output.truncate()
+        self.port = _free_port()
+        site_packages = Path(find_spec("prefect").origin).parent.parent
+        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(site_packages), "--factory"]
+        command += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--log-level", "error", "--lifespan", "on"]
+        # The variables Prefect gives its own temporary server: no UI, ephemeral-mode services.
+        server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        self._process = subprocess.Popen(
+            command,
+            env={**os.environ, **server_env},
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if _libc is not None else None,
+        )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait_ready(self, timeout: float) -> str:
+        """Wait until the server answers its health check; return its API URL.
+
+        A server that lost its port to another process between choosing and binding it starts
+        again on another.
+        """
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self._process.poll()
+            if status == _STARTUP_FAILED and "address already in use" in self._printed().lower():
+                self._launch()
+            elif status is not None:
+                raise ApiServerError(f"Prefect's temporary API server exited with status {status}: {self._tail()}")
+            try:
+                with no_proxy.open(f"{self.api_url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return self.api_url
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise ApiServerError(
+            f"Prefect's temporary API server did not answer within {timeout:g} s ({self._tail()}); "
+            "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL to a running server"
+        )
+
+    def _printed(self) -> str:
+        self._output.seek(0)
+        return self._output.read().decode(errors="replace")
+
+    def _tail(self) -> str:
+        """The last lines the server printed (where an error names its cause)."""
+        lines = [line.strip() for line in self._printed().splitlines() if line.strip()]
+        return " | ".join(lines[-3:]) or "no output"
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s) and wait for it to exit."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._output.close()
+
+
+@contextmanager
+def temporary_api_server() -> Iterator[TemporaryApiServer | None]:
+    """A temporary server for the block, or None when Prefect has an API configured already.
+
+    Leaving the block sends Prefect's queued events and logs to it (as Prefect's own test harness
+    does), then stops it.
+    """
+    if api_configured():
+        yield None
+        return
+    server = TemporaryApiServer()
+    try:
+        yield server
+    finally:
+        if "prefect.events.worker" in sys.modules:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all()
+            EventsWorker.drain_all()
+        server.stop()
+
+
+@contextmanager
+def prefect_api(server: TemporaryApiServer | None) -> Iterator[None]:
+    """Point Prefect at `server` for the block, once it answers.
+
+    Without one, or when Prefect's settings name an API (a profile, say), Prefect's settings decide.
+    """
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    settings = get_current_settings()
+    if server is None or settings.api.url:
+        if server is not None:
+            server.stop()
+        yield
+        return
+    with temporary_settings(updates={PREFECT_API_URL: server.wait_ready(settings.server.ephemeral.startup_timeout_seconds)}):
+        yield

@@ -1,0 +1,122 @@
+"""`vqclip run`'s temporary Prefect API server: used only when no API is configured, never left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flows import api_server
+from flows.api_server import ApiServerError, TemporaryApiServer, temporary_api_server
+from tests.test_cli_run import TINY_RUN
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (a zombie's environment reads empty)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def server_processes(marker: str) -> list[int]:
+    return [pid for pid in processes_with(marker) if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def wait_until(condition, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def unconfigured_env():
+    """The environment of a `vqclip run` with no Prefect API configured, tagged to find its processes."""
+    marker = f"VQCLIP_TEST_MARKER={uuid.uuid4().hex}"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env[marker.split("=")[0]] = marker.split("=")[1]
+    return env, marker
+
+
+def start_run(tmp_path: Path, env: dict, steps: int) -> subprocess.Popen:
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(TINY_RUN.format(steps=steps, n=1))
+    command = [sys.executable, "-m", "vqclip.cli", "run", str(manifest), "--storage", str(tmp_path / "out")]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_run_starts_its_own_server_and_stops_it(tmp_path, unconfigured_env):
+    env, marker = unconfigured_env
+    process = start_run(tmp_path, env, steps=2)
+    try:
+        wait_until(lambda: server_processes(marker) or process.poll() is not None, 60, "no server was started")
+        assert server_processes(marker), "the run started no temporary server of its own"
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+    assert process.returncode == 0, stderr
+    assert "all 1 images done" in stdout
+    assert processes_with(marker) == [], "the temporary server outlived the run"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and /proc are Linux's")
+def test_a_killed_run_takes_its_server_with_it(tmp_path, unconfigured_env):
+    env, marker = unconfigured_env
+    process = start_run(tmp_path, env, steps=500)
+    try:
+        wait_until(lambda: server_processes(marker), 60, "no server was started")
+        process.kill()  # the CLI alone, as the OOM killer would: no chance to stop its server
+        process.wait()
+        wait_until(lambda: processes_with(marker) == [], 30, "the server outlived its killed run")
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_server_that_loses_its_port_starts_on_another(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = iter([busy])
+        monkeypatch.setattr(api_server, "_free_port", lambda: next(ports, None) or _any_free_port())
+        server = TemporaryApiServer()
+        try:
+            url = server.wait_ready(60)
+        finally:
+            server.stop()
+    assert server.port != busy and url == f"http://127.0.0.1:{server.port}/api"
+
+
+def _any_free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/missing/dir/prefect.db")
+    with temporary_api_server() as server:
+        with pytest.raises(ApiServerError, match="exited with status 3: .*unable to open database file"):
+            server.wait_ready(60)
+
+
+def test_no_server_is_started_when_an_api_is_configured(monkeypatch, prefect_api):
+    with temporary_api_server() as server:
+        assert server is None, "Prefect's settings name an API (the session's test server)"
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    with temporary_api_server() as server:
+        assert server is None
