@@ -223,7 +223,7 @@ def orchestration(device: str, quick: bool) -> list[dict]:
     """
     if importlib.util.find_spec("prefect") is None:
         return [{"note": "not measured: Prefect is not installed in this environment"}]
-    plan = ((5, 1),) if quick else ((300, 2), (30, 3))
+    plan = ((5, 1),) if quick else ((300, 3), (30, 5))
     return [_orchestration_row(device, steps, pairs) for steps, pairs in plan]
 
 
