@@ -30,7 +30,7 @@ def main() -> None:
     for shard in shards(items, manifest.batch_size):
         generate(shard, models)
     print(time.perf_counter() - started)
-    gc.freeze()  # as `vqclip` does at exit (vqclip.cli.exit_quickly): the comparison leaves teardown out
+    gc.freeze()  # as `vqclip.cli.main` does at exit: the comparison leaves the interpreter's teardown out
 
 
 if __name__ == "__main__":

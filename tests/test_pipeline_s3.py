@@ -164,12 +164,12 @@ def test_s3_restart_mid_run_loses_and_duplicates_nothing(
             stopped.set()
 
     cycler = threading.Thread(target=outage_cycle, name="seaweedfs-restart", daemon=True)
-    original_put = S3Store.put_bytes
+    original_put, first_commit = S3Store.put_bytes, threading.Lock()
 
     def put_then_outage(self, key, data, content_type=None):
         original_put(self, key, data, content_type)
-        first_commit = key.startswith(layout.items_prefix(run_id)) and key.endswith(".json") and cycler.ident is None
-        if first_commit:
+        # Several upload threads write sidecars at once: only the first to commit starts the outage.
+        if key.startswith(layout.items_prefix(run_id)) and key.endswith(".json") and first_commit.acquire(blocking=False):
             cycler.start()
             assert stopped.wait(30), "the S3 server did not stop"
 
