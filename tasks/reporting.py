@@ -13,7 +13,7 @@ from vqclip import layout
 from vqclip.images import decode_image
 from vqclip.items import WorkItem
 from vqclip.records import ItemRecord, Ranking, RunIndex
-from vqclip.report import contact_sheet, gallery_html
+from vqclip.report import contact_sheet, gallery_html, markdown_text
 from vqclip.runs import build_index, build_ranking, put_json
 from vqclip.storage import open_store
 
@@ -73,10 +73,11 @@ def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranki
         for entry in index.items
     ]
     create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score ({ranking.scorer}) and rank")
-    lines = [f"# Run {run_id}", "", f"{index.counts['done']} of {len(index.items)} images done; scored by {ranking.scorer}.", ""]
+    md = markdown_text  # every string below may come from a manifest or a user: rendered as text, never markup
+    lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done; scored by {md(ranking.scorer)}.", ""]
     lines += ["| prompt | best image | score |", "|---|---|---|"]
     for prompt in ranking.prompts:
         best = prompt.images[0]
-        lines.append(f"| {prompt.prompt_id}: {prompt.prompt.replace('|', '/')} | {store.url(best.image_key)} | {best.score:.2f} |")
-    lines += ["", f"Gallery: {store.url(layout.gallery_key(run_id))}"]
+        lines.append(f"| {md(prompt.prompt_id)}: {md(prompt.prompt)} | {md(store.url(best.image_key))} | {best.score:.2f} |")
+    lines += ["", f"Gallery: {md(store.url(layout.gallery_key(run_id)))}"]
     create_markdown_artifact("\n".join(lines), key=f"summary-{_key_for(run_id)}", description=f"Best image per prompt, run {run_id}")

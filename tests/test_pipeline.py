@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -204,3 +205,24 @@ def test_a_shard_larger_than_the_device_fits_runs_in_batches_while_uploads_conti
     assert sorted(sizes) == [1, 2, 2], "the shards of 3 and 2 items are cut into batches of at most 2"
     assert committing_threads and all(name.startswith("vqclip-upload") for name in committing_threads)
     check_complete_run(open_store(storage), "batched", ITEMS)
+
+
+INJECTION = r"![x](http\://127.0.0.1\:9/p.png) [click](javascript\:alert(1)) <img src=x onerror=alert(1)>"
+
+
+def test_prompt_text_in_the_summary_artifact_renders_as_text(tmp_path, prefect_api):
+    from markdown_it import MarkdownIt
+
+    path = tmp_path / "inject.yaml"
+    path.write_text(
+        "defaults: {preset: tiny, width: 64, height: 64, steps: 2, cutouts: 2}\n"
+        f"prompts:\n  - {{id: evil, text: {json.dumps(INJECTION)}}}\n"
+    )
+    state = run(path, str(tmp_path / "out"), "inject")
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    (summary,) = [a for a in artifacts if a.type == "markdown"]
+    page = MarkdownIt("commonmark").enable("table").render(summary.data)
+    assert "<img" not in page and "<a " not in page, page
+    assert f"evil: {html.escape(INJECTION, quote=False)}</td>" in page  # the prompt as written, as text

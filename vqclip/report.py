@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import string
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -12,6 +13,18 @@ from vqclip.records import ItemRecord, Ranking
 THUMB = 192
 LABEL = 18
 COLUMNS = 4
+
+
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in string.punctuation})
+
+
+def markdown_text(text: str) -> str:
+    """`text` as literal markdown: every ASCII punctuation mark backslash-escaped, line breaks as spaces.
+
+    CommonMark lets any punctuation be escaped, so no image, link, autolink (`http\\:`), HTML
+    tag or table cell separator can be formed from user text, whatever renderer shows it.
+    """
+    return " ".join(text.translate(_MARKDOWN_SPECIAL).split())
 
 
 def contact_sheet(images: list[tuple[Image.Image, str]], title: str) -> Image.Image:
