@@ -1,7 +1,7 @@
 #!/bin/sh
 # One-shot setup run by the `init` service of compose.yaml, safe to re-run: the bucket that
 # VQCLIP_STORAGE names, the two process work pools, every deployment in deployments/prefect.yaml,
-# and the automation that marks flow runs Crashed when their heartbeats stop.
+# and the automations that mark flow runs Crashed when their heartbeats stop and resume lost batches.
 set -eu
 : "${VQCLIP_STORAGE:?set VQCLIP_STORAGE in .env}"
 cd "${VQCLIP_PROJECT_DIR:-/opt/vqclip}"
@@ -48,14 +48,12 @@ done
 env -u VQCLIP_PROJECT_DIR prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 python - <<'PY'
-"""(Re)create the zombie-run automation, the same one the local stack installs (vqclip/stack.py)."""
+"""(Re)create the zombie-run and reconcile automations, the same ones the local stack installs (vqclip/stack.py)."""
 from prefect.client.orchestration import get_client
 
-from vqclip.stack import ZOMBIE_AUTOMATION, zombie_automation
+from vqclip.stack import install_automations
 
 with get_client(sync_client=True) as client:
-    for old in client.read_automations_by_name(ZOMBIE_AUTOMATION):
-        client.delete_automation(old.id)
-    client.create_automation(zombie_automation())
-    print(f"automation {ZOMBIE_AUTOMATION} in place")
+    install_automations(client)
+    print("automations in place: zombie runs marked Crashed, crashed batch runs reconciled")
 PY

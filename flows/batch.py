@@ -8,12 +8,14 @@ from prefect.states import Completed, Failed
 from pydantic import BaseModel
 
 from flows.dispatch import dispatch_shards
+from flows.lineage import run_tag, tag_current_flow_run
 from tasks.generation import generate_shard
 from tasks.planning import prepare_run
 from tasks.retry import PERMANENT
 from tasks.reporting import publish_artifacts, write_reports
 from tasks.scoring import score_images
 from vqclip import layout
+from vqclip.errors import ManifestError
 from vqclip.manifest import shards
 from vqclip.records import PlanRecord
 from vqclip.runs import put_json
@@ -48,9 +50,23 @@ def batch_generate(
     of that deployment (GPU workers) instead of here.
     """
     try:
+        _check_manifest_source(manifest)
         return _run_batch(manifest, storage or get_settings().storage, run_id, preset, shard_deployment)
     except PERMANENT as exc:
         return Failed(message=f"{type(exc).__name__}: {exc}")
+
+
+def _check_manifest_source(manifest: str) -> None:
+    """A deployment's run reads its manifest from object storage only, never a file on the worker that runs it."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    remote = context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None
+    if remote and not manifest.startswith(("s3://", "store:")):
+        raise ManifestError(
+            f"manifest {manifest!r}: a deployment run reads manifests from the object store only, as s3://BUCKET/KEY "
+            "or store:KEY; upload it with `vqclip submit` (local paths are for `vqclip run` on your own machine)"
+        )
 
 
 def _run_batch(manifest: str, storage: str, run_id: str | None, preset: str | None, shard_deployment: str | None):
@@ -58,6 +74,7 @@ def _run_batch(manifest: str, storage: str, run_id: str | None, preset: str | No
     store = open_store(storage)
     run = prepare_run(manifest, storage, run_id, preset)
     run_id, items = run.run_id, run.items
+    tag_current_flow_run(run_tag(run_id))  # how the reconciler finds this run's id if the run is lost
     batches = shards(items, run.batch_size)
     logger.info("run %s: %d items in %d shards into %s", run_id, len(items), len(batches), store.url(layout.run_prefix(run_id)))
 

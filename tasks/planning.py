@@ -28,7 +28,7 @@ class PreparedRun(BaseModel):
 def prepare_run(manifest: str, storage: str, run_id: str | None, preset: str | None) -> PreparedRun:
     """Validate the whole manifest before writing anything, then keep a copy of it and its images in the run."""
     store = open_store(storage)
-    data, name, base_dir = read_manifest_source(manifest)
+    data, name, base_dir = read_manifest_source(manifest, store)
     parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
     read_store = lambda source: store.get_bytes(source[len("store:") :])  # noqa: E731
     items = parsed.plan(read_source=read_store)

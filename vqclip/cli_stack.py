@@ -1,4 +1,4 @@
-"""`vqclip up` and `vqclip down`: a local scale-out stack (Prefect server, SeaweedFS, workers) on this machine."""
+"""`vqclip up`, `status` and `down`: a local scale-out stack (Prefect server, SeaweedFS, workers) on this machine."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from vqclip.stack import DEFAULT_STATE_DIR, ENV_FILE
 
-_SECRETS = {"AWS_SECRET_ACCESS_KEY"}
+_SECRETS = {"AWS_SECRET_ACCESS_KEY", "PREFECT_API_AUTH_STRING"}
 
 
 def up(
@@ -27,12 +27,13 @@ def up(
     console.print(f"Prefect UI  [bold]{state.ui_url}[/]")
     console.print(f"storage     [bold]{state.storage}[/] (SeaweedFS S3 at {state.s3_endpoint_url})")
     console.print(f"workers     cpu-1 on pool cpu; {gpu} on pool gpu")
-    console.print(f"logs, pids  {state.state_dir}", highlight=False)
+    console.print(f"logs, pids  {state.state_dir}; a supervisor restarts any piece that dies (`vqclip status`)", highlight=False)
+    console.print(f"UI login    the PREFECT_API_AUTH_STRING in {env_file}", highlight=False)
     console.print(f"\nTo submit manifests from a shell, [bold]. {env_file}[/] (owner-only; it holds the S3 secret), which sets:")
     for name, value in state.client_env().items():
         shown = f"(in {env_file})" if name in _SECRETS else value
         console.print(f"  export {name}={shown}", highlight=False, soft_wrap=True)
-    console.print("then: vqclip submit MANIFEST   (watch-inbox claims it within a minute; --now starts it at once)")
+    console.print("then: vqclip submit MANIFEST   (watch-inbox claims it within seconds; --now starts it at once)")
     console.print("Workers fetch a preset's weights on first use; manifests with `preset: tiny` run offline.")
     console.print(f"Stop everything with: vqclip down{'' if Path(state_dir) == DEFAULT_STATE_DIR else f' --state-dir {state_dir}'}")
 
@@ -52,7 +53,32 @@ def down(
     console.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running", highlight=False)
 
 
+def status(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="The folder `vqclip up` used.")] = DEFAULT_STATE_DIR,
+) -> None:
+    """Show each piece of the local stack (pid, up or down, restarts) and whether its API, store and workers answer; exit 1 if any does not."""
+    from rich.table import Table
+
+    from vqclip.cli import console, user_errors
+    from vqclip.stack import stack_health
+
+    with user_errors():
+        health = stack_health(state_dir)
+    table = Table(title=f"stack in {state_dir}")
+    for column in ("piece", "pid", "state", "restarts", "since", "log"):
+        table.add_column(column)
+    for piece in health.pieces:
+        shown = "[green]running[/]" if piece.running else "[red]down[/]"
+        table.add_row(piece.name, str(piece.pid), shown, str(piece.restarts), piece.since, piece.log)
+    console.print(table)
+    for check, ok in health.checks.items():
+        console.print(f"{'[green]ok[/]  ' if ok else '[red]FAIL[/]'} {check}", highlight=False)
+    if not health.healthy:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `up` and `down` to the `vqclip` command line."""
+    """Add `up`, `status` and `down` to the `vqclip` command line."""
     app.command("up")(up)
+    app.command("status")(status)
     app.command("down")(down)

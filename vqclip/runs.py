@@ -44,8 +44,11 @@ def new_run_id(manifest_name: str, manifest_bytes: bytes) -> str:
     return f"{stem}-{stamp}-{hashlib.sha256(manifest_bytes).hexdigest()[:6]}"
 
 
-def read_manifest_source(reference: str) -> tuple[bytes, str, Path | None]:
-    """Bytes, display name and base folder of a manifest given as a local path or an `s3://` URI."""
+def read_manifest_source(reference: str, store: ObjectStore | None = None) -> tuple[bytes, str, Path | None]:
+    """Bytes, display name and base folder of a manifest given as a local path, an `s3://` URI or `store:KEY` in `store`."""
+    if reference.startswith("store:") and store is not None:
+        key = reference[len("store:") :]
+        return store.get_bytes(key), store.url(key), None
     if reference.startswith("s3://"):
         bucket, _, key = reference[len("s3://") :].partition("/")
         if not key:

@@ -3,9 +3,13 @@
 `start_stack` starts, each in a process session of its own and bound to 127.0.0.1 on free ports:
 a Prefect server (SQLite in the state folder), a SeaweedFS S3 server with one enforced identity and
 a bucket, a `cpu` worker and N `gpu` workers (process type; CPU-only unless the machine has a
-GPU). It creates the work pools, applies deployments/prefect.yaml and the automation that marks
-zombie flow runs Crashed, and records pids, ports and URLs in `<state>/stack.json` (logs beside it).
-`stop_stack` stops them again by pid, flow-run processes started by the workers included.
+GPU). The server requires an auth string (Prefect's PREFECT_SERVER_API_AUTH_STRING) that the
+workers and `env.sh` pass. It creates the work pools, applies deployments/prefect.yaml and the
+automations (zombie flow runs marked Crashed; crashed batch runs reconciled), marks the runs a
+previous stack left in flight Crashed, records pids, ports and URLs in `<state>/stack.json` (logs
+beside it), and starts a supervisor (vqclip/supervisor.py) that restarts any piece that dies.
+`stop_stack` stops them again by pid, flow-run processes started by the workers and any process
+still listening on the stack's ports included.
 
 Process control here is POSIX-only (Linux: /proc is read to find a worker's flow-run processes).
 Prefect is imported lazily: the engine modules stay free of it.
@@ -28,6 +32,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from pydantic import BaseModel
 
@@ -54,6 +59,9 @@ SHARD_DEPLOYMENT = "generate-shard/generate-shard"
 HEARTBEAT_S = 30
 ZOMBIE_WITHIN_S = 75
 ZOMBIE_AUTOMATION = "vqclip-crash-zombie-flow-runs"
+RECONCILE_AUTOMATION = "vqclip-reconcile-crashed-runs"
+RECONCILE_DEPLOYMENT = "reconcile-runs/reconcile-runs"
+SUPERVISOR = "supervisor"
 WORKER_QUERY_S = 2  # how often a worker asks for work (Prefect's default, 10 s, slows a small stack)
 
 SERVER_START_TIMEOUT_S = 120.0
@@ -76,6 +84,9 @@ class ProcessRecord(BaseModel):
     started: int  # start time in clock ticks since boot (/proc/PID/stat), to tell a reused pid apart
     log: str
     command: list[str]
+    cwd: str = ""
+    restarts: int = 0
+    started_at: float = 0.0  # time.time() of the (re)start
 
 
 class StackState(BaseModel):
@@ -93,6 +104,7 @@ class StackState(BaseModel):
     s3_ports: dict[str, int]
     access_key: str
     secret_key: str
+    auth_string: str = ""
     socket_dir: str
     stray_sockets: list[str] = []
     gpu_workers: int = 0
@@ -110,6 +122,7 @@ class StackState(BaseModel):
         """The environment a client of this stack needs (`vqclip submit`, the Prefect CLI, boto3)."""
         return {
             "PREFECT_API_URL": self.api_url,
+            "PREFECT_API_AUTH_STRING": self.auth_string,
             "PREFECT_UI_URL": self.ui_url,
             "VQCLIP_STORAGE": self.storage,
             "VQCLIP_S3_ENDPOINT_URL": self.s3_endpoint_url,
@@ -232,12 +245,38 @@ def log_tail(path: str | Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _spawn(name: str, command: list[str], log: Path, env: dict[str, str], cwd: Path) -> ProcessRecord:
+def spawn(name: str, command: list[str], log: Path, env: dict[str, str], cwd: Path) -> ProcessRecord:
     """Start `command` in a session of its own, output appended to `log`."""
     with open(log, "ab") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    return ProcessRecord(name=name, pid=process.pid, started=_start_ticks(process.pid) or 0, log=str(log), command=command)
+    return ProcessRecord(name=name, pid=process.pid, started=_start_ticks(process.pid) or 0, log=str(log),
+                         command=command, cwd=str(cwd), started_at=time.time())
+
+
+def listening_pids(ports: Iterable[int]) -> set[int]:
+    """Processes with a TCP socket listening on any of `ports` (from /proc: sockets by inode, then fds)."""
+    wanted, inodes = set(ports), set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) in wanted:  # 0A: LISTEN
+                inodes.add(fields[9])
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(link.startswith("socket:[") and link[8:-1] in inodes for link in links):
+            found.add(int(entry.name))
+    return found
 
 
 def wait_for(what: str, ready: Callable[[], bool], timeout: float, record: ProcessRecord | None = None) -> None:
@@ -325,7 +364,8 @@ def _base_env(state: StackState) -> dict[str, str]:
 
 def server_env(state: StackState) -> dict[str, str]:
     """The Prefect server's environment (its UI must call the API on the stack's port)."""
-    return {**_base_env(state), "PREFECT_UI_API_URL": state.api_url, "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
+    return {**_base_env(state), "PREFECT_UI_API_URL": state.api_url, "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            "PREFECT_SERVER_API_AUTH_STRING": state.auth_string}
 
 
 def client_env(state: StackState) -> dict[str, str]:
@@ -339,6 +379,15 @@ def deploy_env(state: StackState) -> dict[str, str]:
     env = client_env(state)
     del env["VQCLIP_PROJECT_DIR"]
     return env
+
+
+def process_env(state: StackState, name: str) -> dict[str, str]:
+    """The environment the stack gives the piece called `name` (for starts and restarts alike)."""
+    if name == "prefect-server":
+        return server_env(state)
+    if name.startswith("worker-"):
+        return worker_env(state, gpu=name.startswith(f"worker-{GPU_POOL}-"))
+    return _base_env(state)
 
 
 def worker_env(state: StackState, gpu: bool) -> dict[str, str]:
@@ -365,7 +414,7 @@ def prefect_client(state: StackState) -> SyncPrefectClient:
     """A synchronous Prefect client for the stack's API (not this process's configured one)."""
     from prefect.client.orchestration import SyncPrefectClient
 
-    return SyncPrefectClient(state.api_url)
+    return SyncPrefectClient(state.api_url, auth_string=state.auth_string or None)
 
 
 def _create_pools(state: StackState) -> None:
@@ -441,11 +490,64 @@ def zombie_automation() -> AutomationCore:
     )
 
 
-def _create_automation(state: StackState) -> None:
-    with prefect_client(state) as client:
-        for old in client.read_automations_by_name(ZOMBIE_AUTOMATION):
+def reconcile_automation(deployment_id: UUID) -> AutomationCore:
+    """The automation that runs the reconcile-runs deployment whenever a flow run is marked Crashed.
+
+    The reconciler resumes lost batch runs (flows/reconcile.py); its schedule in
+    deployments/prefect.yaml is the safety net for an event this misses.
+    """
+    from prefect.automations import AutomationCore, EventTrigger, Posture, RunDeployment
+
+    return AutomationCore(
+        name=RECONCILE_AUTOMATION,
+        description="Resume (or fail, after too many tries) batch runs whose process was lost.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            expect={"prefect.flow-run.Crashed"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id, parameters={})],
+    )
+
+
+def install_automations(client: SyncPrefectClient) -> None:
+    """(Re)create the zombie-run and reconcile automations; the reconcile-runs deployment must exist."""
+    reconcile = client.read_deployment_by_name(RECONCILE_DEPLOYMENT)
+    for automation in (zombie_automation(), reconcile_automation(reconcile.id)):
+        for old in client.read_automations_by_name(automation.name):
             client.delete_automation(old.id)
-        client.create_automation(zombie_automation())
+        client.create_automation(automation)
+
+
+def _create_automations(state: StackState) -> None:
+    with prefect_client(state) as client:
+        install_automations(client)
+
+
+def crash_orphaned_runs(client: SyncPrefectClient) -> list[str]:
+    """Mark every flow run left in flight by a stack that stopped Crashed (the reconciler then resumes
+    the batches), and cancel the shard runs that never started; return the names of the runs changed.
+
+    Only for a server whose workers are all gone, as when `vqclip up` starts after `down` or a reboot.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Crashed
+
+    in_flight = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING, StateType.SCHEDULED]
+    found = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=in_flight))))
+    changed = []
+    for run in found:
+        if run.state.type == StateType.SCHEDULED:
+            if run.parameters.get("shard") is None or run.parameters.get("run_id") is None:
+                continue  # scheduled runs of their own (the watcher, a nightly batch) start as planned
+            state = Cancelled(message="its batch run was stopped with the stack before this shard started")
+        else:
+            state = Crashed(message="the local stack stopped while this run was in progress (vqclip down, a kill or a reboot)")
+        client.set_flow_run_state(run.id, state, force=True)
+        changed.append(run.name)
+    return changed
 
 
 def _worker_names(state: StackState, pool: str) -> set[str]:
@@ -479,6 +581,8 @@ def _new_state(state_dir: Path, project_dir: Path, gpu_workers: int, previous: S
         s3_ports=s3_ports,
         access_key=previous.access_key if previous else "VQSTACK" + secrets.token_hex(7).upper(),
         secret_key=previous.secret_key if previous else secrets.token_hex(20),
+        # "user:password", the form Prefect's UI login asks for.
+        auth_string=previous.auth_string if previous and previous.auth_string else f"vqclip:{secrets.token_hex(16)}",
         # weed's unix sockets need a short path; the state folder may be deep.
         socket_dir=tempfile.mkdtemp(prefix="vqstack-"),
         gpu_workers=gpu_workers,
@@ -504,7 +608,12 @@ def start_stack(
     project_dir = Path(project_dir).resolve() if project_dir else default_project_dir()
     previous = load_state(state_dir)
     if previous and previous.running and any(is_alive(p.pid, p.started) for p in previous.processes):
-        raise StackError(f"a stack from {state_dir} is running already (UI {previous.ui_url}); stop it with `vqclip down --state-dir {state_dir}`")
+        if not _supervisor_alive(previous):
+            report("the stack runs without its supervisor: starting it (it restarts the missing pieces)")
+            start_supervisor(previous)
+            return previous
+        raise StackError(f"a stack from {state_dir} is running already (UI {previous.ui_url}), supervised: a piece that "
+                         f"dies is restarted (`vqclip status` shows each); stop it with `vqclip down --state-dir {state_dir}`")
     for sub in ("logs", "prefect", "seaweedfs"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     state = _new_state(state_dir, project_dir, gpu_workers, previous)
@@ -512,7 +621,7 @@ def start_stack(
     logs = state_dir / "logs"
     try:
         report(f"starting the Prefect server on {state.ui_url}")
-        server = _spawn(
+        server = spawn(
             "prefect-server",
             _prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(state.server_port), "--analytics-off"),
             logs / "prefect-server.log", server_env(state), project_dir,
@@ -530,15 +639,20 @@ def start_stack(
         finally:
             if weed.pid is not None:
                 state.processes.append(ProcessRecord(name="seaweedfs", pid=weed.pid, started=_start_ticks(weed.pid) or 0,
-                                                     log=str(weed.log_path), command=weed.args))
+                                                     log=str(weed.log_path), command=weed.args, cwd=str(weed.base),
+                                                     started_at=time.time()))
             save_state(state)
 
         wait_for("Prefect server", lambda: _api_healthy(state.api_url), SERVER_START_TIMEOUT_S, server)
-        report("creating work pools, deployments and the zombie-run automation")
+        report("creating work pools, deployments and automations")
         _create_pools(state)
         _deploy(state)
         _run_shards_on_any_device(state)
-        _create_automation(state)
+        with prefect_client(state) as client:
+            orphans = crash_orphaned_runs(client)
+        if orphans:
+            report(f"marked {len(orphans)} flow runs the last stack left in flight Crashed or Cancelled: {', '.join(orphans)}")
+        _create_automations(state)
 
         workers = [(CPU_POOL, "cpu-1")] + [(GPU_POOL, f"gpu-{n}") for n in range(1, gpu_workers + 1)]
         report(f"starting workers {', '.join(name for _, name in workers)}")
@@ -547,11 +661,12 @@ def start_stack(
             command = _prefect_command("worker", "start", "--pool", pool, "--name", name, "--type", "process",
                                        "--install-policy", "never", "--no-create-pool-if-not-found",
                                        *(["--limit", "1"] if pool == GPU_POOL else []))
-            records[name] = _spawn(f"worker-{name}", command, logs / f"worker-{name}.log", worker_env(state, pool == GPU_POOL), project_dir)
+            records[name] = spawn(f"worker-{name}", command, logs / f"worker-{name}.log", worker_env(state, pool == GPU_POOL), project_dir)
             state.processes.append(records[name])
         save_state(state)
         for pool, name in workers:
             wait_for(f"worker {name} on pool {pool}", lambda: name in _worker_names(state, pool), WORKER_START_TIMEOUT_S, records[name])
+        start_supervisor(state)
     except BaseException:
         stop_processes(state)
         raise
@@ -559,20 +674,42 @@ def start_stack(
     return state
 
 
+def _supervisor_alive(state: StackState) -> bool:
+    return any(r.name == SUPERVISOR and is_alive(r.pid, r.started) for r in state.processes)
+
+
+def start_supervisor(state: StackState) -> None:
+    """Start the process that restarts the stack's pieces when they die (vqclip/supervisor.py), and record it."""
+    command = [sys.executable, "-m", "vqclip.supervisor", state.state_dir]
+    record = spawn(SUPERVISOR, command, Path(state.state_dir) / "logs" / "supervisor.log", _base_env(state), Path(state.project_dir))
+    state.processes = [r for r in state.processes if r.name != SUPERVISOR] + [record]
+    save_state(state)
+
+
 def stop_processes(state: StackState) -> list[str]:
-    """Stop the state's processes that still run (workers and their flow runs first); return their names."""
-    alive = [record for record in state.processes if is_alive(record.pid, record.started)]
-    # Workers first, so none starts a flow run while the servers go; then the servers.
+    """Stop the state's processes that still run, and anything else listening on the stack's ports; return their names.
+
+    The supervisor goes first (so it restarts nothing), then the workers and their flow runs (so
+    none starts a flow run while the servers go), then the servers.
+    """
+    supervisors = [r for r in state.processes if r.name == SUPERVISOR and is_alive(r.pid, r.started)]
+    if supervisors:
+        kill_tree([record.pid for record in supervisors])
+        state = load_state(state.state_dir) or state  # it may have restarted a piece meanwhile
+    alive = [record for record in state.processes if record.name != SUPERVISOR and is_alive(record.pid, record.started)]
     workers = [record for record in alive if record.name.startswith("worker-")]
     servers = [record for record in alive if record not in workers]
     for batch in (workers, servers):
         kill_tree([record.pid for record in batch])
+    # A server someone restarted by hand on the stack's ports is the stack's too.
+    strays = listening_pids([state.server_port, *state.s3_ports.values()]) - {os.getpid()}
+    kill_tree(strays)
     for sock in state.stray_sockets:
         Path(sock).unlink(missing_ok=True)
     shutil.rmtree(state.socket_dir, ignore_errors=True)
     state.running = False
     save_state(state)
-    return [record.name for record in alive]
+    return [record.name for record in supervisors + alive] + [f"pid {pid} (listening on a stack port)" for pid in sorted(strays)]
 
 
 def stop_stack(state_dir: str | Path = DEFAULT_STATE_DIR) -> list[str]:
@@ -581,3 +718,65 @@ def stop_stack(state_dir: str | Path = DEFAULT_STATE_DIR) -> list[str]:
     if state is None:
         return []
     return stop_processes(state)
+
+
+# ---------------------------------------------------------------- health
+
+
+class PieceHealth(BaseModel):
+    """One recorded process of the stack, as `vqclip status` shows it."""
+
+    name: str
+    pid: int
+    running: bool
+    restarts: int
+    since: str
+    log: str
+
+
+class StackHealth(BaseModel):
+    """Each piece's process, and whether the API, the store and the workers answer."""
+
+    pieces: list[PieceHealth]
+    checks: dict[str, bool]
+
+    @property
+    def healthy(self) -> bool:
+        return all(piece.running for piece in self.pieces) and all(self.checks.values())
+
+
+def _s3_healthy(state: StackState) -> bool:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=state.s3_endpoint_url, region_name=REGION, aws_access_key_id=state.access_key,
+        aws_secret_access_key=state.secret_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=3, read_timeout=5),
+    )
+    try:
+        client.head_bucket(Bucket=state.bucket)
+    except Exception:  # any failure means: not healthy
+        return False
+    return True
+
+
+def stack_health(state_dir: str | Path = DEFAULT_STATE_DIR) -> StackHealth:
+    """The health of the stack recorded in `state_dir`."""
+    state = load_state(Path(state_dir).resolve())
+    if state is None:
+        raise StackError(f"no stack recorded in {state_dir}; start one with `vqclip up`")
+    pieces = [
+        PieceHealth(name=r.name, pid=r.pid, running=state.running and is_alive(r.pid, r.started), restarts=r.restarts,
+                    since=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at)) if r.started_at else "-", log=r.log)
+        for r in state.processes
+    ]
+    checks = {f"Prefect API answers at {state.api_url}": state.running and _api_healthy(state.api_url),
+              f"S3 bucket {state.bucket} answers at {state.s3_endpoint_url}": state.running and _s3_healthy(state)}
+    for pool, wanted in ((CPU_POOL, 1), (GPU_POOL, state.gpu_workers)):
+        try:
+            online = len(_worker_names(state, pool)) if checks[f"Prefect API answers at {state.api_url}"] else 0
+        except Exception:  # an API that fails here counts as no worker seen
+            online = 0
+        checks[f"{online} of {wanted} workers online in pool {pool}"] = online >= wanted
+    return StackHealth(pieces=pieces, checks=checks)
