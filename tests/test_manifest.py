@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
 
+from vqclip.cli import app
 from vqclip.errors import ManifestError, ObjectNotFound
 from vqclip.items import GenerationSettings, models_for_preset
 from vqclip.manifest import (
@@ -18,7 +22,8 @@ from vqclip.manifest import (
     load_manifest_file,
     shards,
 )
-from vqclip.settings import Settings
+from vqclip.settings import Settings, get_settings
+from vqclip.storage import open_store
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_FILES = ["quickstart.yaml", "prompts.json", "prompts.jsonl", "prompts.csv"]
@@ -35,12 +40,22 @@ def error_of(text: str | bytes, name: str = "m.yaml", base_dir: Path | None = No
     return str(caught.value)
 
 
+def png(colour: str) -> bytes:
+    """A small real PNG of one colour."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+CAT, DOG, STORED = png("orange"), png("brown"), png("grey")
+
+
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    """A manifest folder with one image in it."""
-    (tmp_path / "cat.png").write_bytes(b"cat pixels")
+    """A manifest folder with two images in it."""
+    (tmp_path / "cat.png").write_bytes(CAT)
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "dog.png").write_bytes(b"dog pixels")
+    (tmp_path / "sub" / "dog.png").write_bytes(DOG)
     return tmp_path
 
 
@@ -402,6 +417,8 @@ prompts:
 """
     message = error_of(text, base_dir=folder)
     expected = [
+        # The defaults' other fields are still checked, in the same pass as the schema errors.
+        "m.yaml:2: defaults.width: 100 is not a multiple of 16",
         "m.yaml:3: defaults.stepz: unknown field",
         "m.yaml:5: prompts[0].text: missing",
         "m.yaml:6: prompts[1].text: prompt part 1 ('a fox') has weight 0",
@@ -432,6 +449,133 @@ prompts:
     ):
         assert fragment in message
     assert message.count("defaults.width") == 1
+
+
+def test_a_broken_only_prompt_does_not_hide_the_defaults_size_rule():
+    message = error_of("defaults: {width: 100}\nprompts:\n  - 'a fox:0'\n")
+    assert message.startswith("m.yaml: 2 errors")
+    assert "m.yaml:1: defaults.width: 100 is not a multiple of 16" in message
+    assert "m.yaml:3: prompts[0].text: prompt part 1 ('a fox') has weight 0" in message
+
+
+def test_a_wrong_field_is_reported_once_and_not_judged_again_through_its_stand_in():
+    # The prompt's width and preset are wrong: no "not a multiple" error about a value nobody wrote.
+    text = "defaults: {preset: tiny, width: 72}\nprompts:\n  - {text: a fox, width: wide, preset: huge, stepz: 3}\n"
+    message = error_of(text)
+    assert message.startswith("m.yaml: 3 errors")
+    assert "multiple" not in message
+
+
+def test_a_non_image_beside_the_manifest_is_reported_with_the_schema_errors(folder):
+    (folder / "notes.png").write_text("not a picture")
+    text = "prompts:\n  - {text: a fox, n: 0}\n  - {text: a cat, image_prompts: ['cat.png', 'notes.png:0.5']}\n"
+    message = error_of(text, base_dir=folder)
+    assert "m.yaml:2: prompts[0].n: Input should be greater than or equal to 1" in message
+    assert (
+        "m.yaml:3: prompts[1].image_prompts[1].path: notes.png is not an image (Pillow recognises no image format "
+        "in it); replace it with a PNG or JPEG"
+    ) in message
+
+
+def test_a_truncated_image_is_refused(folder):
+    noise = io.BytesIO()
+    Image.frombytes("L", (64, 64), bytes(range(256)) * 16).save(noise, format="PNG")
+    (folder / "cut.png").write_bytes(noise.getvalue()[: len(noise.getvalue()) // 2])
+    message = error_of("prompts:\n  - {text: a fox, init_image: cut.png}\n", base_dir=folder)
+    assert "m.yaml:2: prompts[0].init_image: cut.png is not a usable image (" in message
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f", "\x85", "\u202a", "\u202e", "\u2066", "\u2069"])
+def test_control_characters_in_prompt_text_are_refused(char):
+    escaped = char.encode("unicode_escape").decode().replace("\\x", "\\u00")
+    text = f'{{"prompts": ["a fox", {{"id": "fox", "text": "a re{escaped}d fox"}}]}}'
+    message = error_of(text, "m.json")
+    assert message.startswith(f"m.json:1: prompts[1].text: character 5 is U+{ord(char):04X}")
+    assert message.endswith(", a control character; remove it")
+
+
+def test_a_control_character_in_a_csv_cell_names_its_row():
+    message = error_of("text,n\na fox,1\na c\u202eat,2\n", "m.csv")
+    assert message == "m.csv:3: prompts[1].text: character 4 is U+202E (RIGHT-TO-LEFT OVERRIDE), a control character; remove it"
+
+
+def test_a_store_key_with_a_control_character_is_refused_at_validation():
+    message = error_of('prompts:\n  - {text: a fox, init_image: "store:in/\\x01cat.png"}\n')
+    assert "m.yaml:2: prompts[0].init_image: 'store:in/\\x01cat.png' is not a usable store key" in message
+    assert "control" in message
+
+
+def many(prompts: int, n: int, side: int, steps: int) -> str:
+    lines = [f"defaults: {{width: {side}, height: {side}, steps: {steps}, n: {n}}}", "prompts:"]
+    return "\n".join(lines + [f"  - a fox, study {k}" for k in range(prompts)]) + "\n"
+
+
+def test_the_admission_cap_lets_a_large_batch_through():
+    manifest = load(many(prompts=100, n=20, side=512, steps=1000))
+    assert sum(len(p.seeds) for p in manifest.prompts) == 2000
+
+
+def test_the_admission_cap_refuses_a_huge_batch_with_its_figures():
+    message = error_of(many(prompts=1000, n=64, side=1024, steps=5000))
+    assert message == (
+        "m.yaml:2: prompts: 64,000 images of 320,000,000 steps in all, 335,544,320 megapixel-steps (width x height "
+        "x steps, summed over the images), more than the 1,000,000 allowed (VQCLIP_MAX_MEGAPIXEL_STEPS); split the "
+        "manifest or raise that limit"
+    )
+
+
+def test_the_admission_cap_counts_each_prompts_own_settings():
+    text = "defaults: {width: 256, height: 256, steps: 100}\nprompts:\n  - a fox\n  - {text: a cat, n: 3, steps: 300}\n"
+    # 256 x 256 x (100 + 3 x 300) = 65.5 million pixel-steps
+    assert load(text, settings=Settings(max_megapixel_steps=66)).prompts
+    assert "4 images of 1,000 steps in all, 66 megapixel-steps" in error_of(text, settings=Settings(max_megapixel_steps=65))
+    one = "prompts: [{text: a fox, width: 1024, height: 1024, steps: 5000}]\n"
+    assert "m.yaml:1: prompts: 1 image of 5,000 steps in all, 5,243 megapixel-steps" in error_of(
+        one, settings=Settings(max_megapixel_steps=5000)
+    )
+
+
+def test_a_store_input_that_is_not_an_image_names_the_field_and_the_key(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    store.put_bytes("runs/old/manifest.yaml", b"prompts: [a fox]\n")
+    store.put_bytes("inputs/fox.png", STORED)
+    text = "prompts:\n  - a cat\n  - {text: a fox, image_prompts: ['store:inputs/fox.png', 'store:runs/old/manifest.yaml']}\n"
+    manifest = load(text)
+    with pytest.raises(ManifestError) as caught:
+        manifest.plan(read_source=lambda source: store.get_bytes(source.removeprefix("store:")))
+    assert str(caught.value) == (
+        "m.yaml: prompts[1].image_prompts[1].path: store:runs/old/manifest.yaml is not an image (Pillow recognises "
+        "no image format in it); upload a PNG or JPEG under that key or name another one"
+    )
+
+
+def test_a_missing_store_input_names_the_field(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    manifest = load("prompts:\n  - {text: a fox, init_image: 'store:inputs/gone.png'}\n")
+    with pytest.raises(ManifestError) as caught:
+        manifest.plan(read_source=lambda source: store.get_bytes(source.removeprefix("store:")))
+    assert str(caught.value) == (
+        "m.yaml: prompts[0].init_image: store:inputs/gone.png: no such object in the store; upload it or fix the key"
+    )
+
+
+@pytest.mark.parametrize("command", ["validate", "submit"])
+def test_cli_refuses_an_over_cap_manifest_and_writes_nothing(tmp_path, monkeypatch, command):
+    manifest = tmp_path / "big.yaml"
+    manifest.write_text("defaults: {preset: tiny, width: 256, height: 256, steps: 300, n: 2}\nprompts: [a fox]\n")
+    out = tmp_path / "out"
+    monkeypatch.setenv("VQCLIP_MAX_MEGAPIXEL_STEPS", "10")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, [command, str(manifest), "--storage", str(out)])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())
+    assert "big.yaml:2: prompts: 2 images of 600 steps in all, 40 megapixel-steps" in output
+    assert "more than the 10 allowed (VQCLIP_MAX_MEGAPIXEL_STEPS); split the manifest or raise that limit" in output
+    assert "Traceback" not in output
+    assert not out.exists() or not any(out.rglob("*"))
 
 
 def test_a_huge_number_of_errors_is_cut_short():
@@ -591,17 +735,17 @@ prompts:
         manifest.plan()
     assert "m.yaml: prompts[0].image_prompts[1].path: store:inputs/cat.png is in the object store" in str(caught.value)
     asked = []
-    items = manifest.plan(read_source=lambda source: asked.append(source) or b"stored pixels")
+    items = manifest.plan(read_source=lambda source: asked.append(source) or STORED)
     assert asked == ["store:inputs/cat.png"]
     fox = items[0]
     assert [(p.source, p.digest, p.weight) for p in fox.image_prompts] == [
-        ("cat.png", hashlib.sha256(b"cat pixels").hexdigest(), 0.5),
-        ("store:inputs/cat.png", hashlib.sha256(b"stored pixels").hexdigest(), -0.3),
+        ("cat.png", hashlib.sha256(CAT).hexdigest(), 0.5),
+        ("store:inputs/cat.png", hashlib.sha256(STORED).hexdigest(), -0.3),
     ]
-    assert fox.init_image.digest == hashlib.sha256(b"dog pixels").hexdigest()
+    assert fox.init_image.digest == hashlib.sha256(DOG).hexdigest()
 
-    (folder / "cat.png").write_bytes(b"another cat")
-    assert manifest.plan(read_source=lambda source: b"stored pixels")[0].item_id != fox.item_id
+    (folder / "cat.png").write_bytes(png("black"))
+    assert manifest.plan(read_source=lambda source: STORED)[0].item_id != fox.item_id
 
 
 def test_a_missing_store_object_is_a_manifest_error(folder):

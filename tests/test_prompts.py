@@ -57,3 +57,30 @@ def test_prompts_longer_than_clip_reads_are_rejected():
     check_token_length(parse_prompt("word " * CLIP_TEXT_TOKENS))
     with pytest.raises(PromptError, match="part 2 is 76 CLIP tokens"):
         check_token_length(parse_prompt("short | " + "word " * (CLIP_TEXT_TOKENS + 1)))
+
+
+@pytest.mark.parametrize(
+    ("char", "label"),
+    [
+        ("\x00", "U+0000"),
+        ("\x01", "U+0001"),
+        ("\r", "U+000D"),
+        ("\x1b", "U+001B"),
+        ("\x7f", "U+007F"),
+        ("\x85", "U+0085"),
+        ("\x9f", "U+009F"),
+        ("\u202a", "U+202A (LEFT-TO-RIGHT EMBEDDING)"),
+        ("\u202e", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("\u2066", "U+2066 (LEFT-TO-RIGHT ISOLATE)"),
+        ("\u2069", "U+2069 (POP DIRECTIONAL ISOLATE)"),
+    ],
+)
+def test_control_characters_are_refused_with_their_position(char, label):
+    with pytest.raises(PromptError) as caught:
+        parse_prompt(f"a fo{char}x:1 | blurry:-0.5")
+    assert str(caught.value) == f"character 5 is {label}, a control character; remove it"
+
+
+def test_tabs_newlines_and_other_scripts_are_text():
+    parts = ["a fox\tin the snow", "雪の中の狐", "ثعلب في الثلج", "👩\u200d🎨"]  # U+200D: the emoji joiner
+    assert [part.text for part in parse_prompt(parts[0] + "\n| " + " | ".join(parts[1:]))] == parts

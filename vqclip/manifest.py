@@ -32,6 +32,10 @@ ids are ``p001``, ``p002``... by position, so reordering prompts without ids cha
 
 Image paths are relative to the manifest's folder and must exist there, or name an object store key as
 ``store:KEY``; a ``store:`` image is read, and its digest taken, by `Manifest.plan` through `read_source`.
+Every image must decode: local ones are decoded at validation, ``store:`` ones when `Manifest.plan` reads them.
+
+Admission: beyond the per-field limits, a manifest's total work (width x height x steps, summed over its
+images) must stay within ``Settings.max_megapixel_steps``.
 """
 
 from __future__ import annotations
@@ -49,14 +53,16 @@ from typing import Annotated, Any, Callable, Literal, NoReturn, TypedDict
 
 import open_clip
 import yaml
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError
+from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError, StorageError
 from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, WorkItem, models_for_preset
 from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
 from vqclip.prompts import check_token_length, parse_prompt
 from vqclip.settings import Settings, get_settings
+from vqclip.storage.base import validate_key
 
 FORMATS = (".yaml", ".yml", ".json", ".jsonl", ".csv")
 STORE_PREFIX = "store:"
@@ -72,6 +78,9 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _RUN_KEYS = ("version", "name", "defaults")
 _MODEL_KEYS = ("vqgan", "guides", "scorer")
 _SETTINGS_KEYS = tuple(GenerationSettings.model_fields)
+_MODEL_CHOICE_KEYS = frozenset({"preset", "vqgan"})
+_STAND_INS = {"text": "-"}
+"""Valid values for required fields that are wrong, so that a prompt's other fields are still checked."""
 
 
 # --- schema -------------------------------------------------------------------------------------------
@@ -282,9 +291,14 @@ class Manifest:
         for source in self.sources():
             where = f"{self.file}: {_format_path(self.origins[source])}" if source in self.origins else self.file
             try:
-                digests[source] = hashlib.sha256(self.read_bytes(source, read_source)).hexdigest()
+                data = self.read_bytes(source, read_source)
             except ManifestError as exc:
                 errors.append(f"{where}: {exc}")
+                continue
+            problem = _image_problem(source, data)
+            if problem:
+                errors.append(f"{where}: {problem}")
+            digests[source] = hashlib.sha256(data).hexdigest()
         if errors:
             raise ManifestError(_join(self.file, errors))
         items = []
@@ -322,6 +336,23 @@ class Manifest:
             return (self.base_dir / source).read_bytes()
         except OSError as exc:
             raise ManifestError(f"{source} cannot be read ({exc}); it must stay beside the manifest") from None
+
+
+def _image_problem(source: str, data: bytes) -> str | None:
+    """Why the bytes of an image source are not an image the engine can decode, or None when they are."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except UnidentifiedImageError:
+        reason = "is not an image (Pillow recognises no image format in it)"
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, DecompressionBombError...) for bad files
+        reason = f"is not a usable image ({exc})"
+    else:
+        return None
+    fix = "upload a PNG or JPEG under that key or name another one" if source.startswith(STORE_PREFIX) else (
+        "replace it with a PNG or JPEG"
+    )
+    return f"{source} {reason}; {fix}"
 
 
 def _check_distinct(file: str, items: list[WorkItem]) -> None:
@@ -460,12 +491,27 @@ def _pydantic_message(error: dict, root: type[BaseModel]) -> str:
     return message
 
 
-def _parse(model: type[BaseModel], data: Any, path: FieldPath, problems: list[_Problem]) -> Any:
+def _parse(model: type[BaseModel], data: Any, path: FieldPath, problems: list[_Problem]) -> tuple[Any, frozenset[str]]:
+    """The model and the names of its fields dropped for their errors (recorded in `problems`); None if nothing is left."""
+    # Validating again without the wrong fields lets the checks that follow (limits, sizes, the work cap) see the
+    # rest in the same pass, instead of after the user has fixed the schema errors.
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), frozenset()
     except ValidationError as exc:
-        problems.extend(_Problem(_pydantic_message(e, model), path + tuple(e["loc"])) for e in exc.errors())
-        return None
+        errors = exc.errors()
+    problems.extend(_Problem(_pydantic_message(e, model), path + tuple(e["loc"])) for e in errors)
+    dropped = frozenset(str(e["loc"][0]) for e in errors if e["loc"])
+    if isinstance(data, str) and "text" in model.model_fields:  # a prompt's shorthand: all of it is its text
+        data = {"text": data}
+    if not isinstance(data, dict) or len(dropped) == 0:
+        return None, dropped
+    kept = {key: value for key, value in data.items() if key not in dropped}
+    required = {key for key, info in model.model_fields.items() if info.is_required()}
+    kept.update({key: value for key, value in _STAND_INS.items() if key in required and key not in kept})
+    try:
+        return model.model_validate(kept), dropped
+    except ValidationError:
+        return None, dropped
 
 
 # --- reading the four formats -------------------------------------------------------------------------
@@ -478,7 +524,8 @@ class _Document:
     problems: list[_Problem] = field(default_factory=list)
 
 
-def _check_size(size: int, file: str, settings: Settings) -> None:
+def check_size(size: int, file: str, settings: Settings) -> None:
+    """Raise ManifestError if a manifest of `size` bytes is over VQCLIP_MAX_MANIFEST_BYTES (check before reading it)."""
     if size > settings.max_manifest_bytes:
         raise ManifestError(
             f"{file}: {size} bytes, more than the {settings.max_manifest_bytes} allowed "
@@ -487,7 +534,7 @@ def _check_size(size: int, file: str, settings: Settings) -> None:
 
 
 def _decode(data: bytes, file: str, settings: Settings) -> str:
-    _check_size(len(data), file, settings)
+    check_size(len(data), file, settings)
     if b"\0" in data:
         raise ManifestError(f"{file}: a binary file, not a text manifest; give a UTF-8 {'/'.join(FORMATS)} file")
     try:
@@ -698,7 +745,7 @@ def load_manifest_file(path: str | Path, settings: Settings | None = None, prese
     settings = settings or get_settings()
     try:
         # Refuse before reading, so a huge file costs nothing.
-        _check_size(path.stat().st_size, str(path), settings)
+        check_size(path.stat().st_size, str(path), settings)
         data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
@@ -708,9 +755,10 @@ def load_manifest_file(path: str | Path, settings: Settings | None = None, prese
 def _source_problem(source: str, base_dir: Path | None, file: str) -> str | None:
     """Why an image source cannot be used, or None when it can."""
     if source.startswith(STORE_PREFIX):
-        key = source[len(STORE_PREFIX) :]
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            return f"{source!r} is not a usable store key; write store:FOLDER/FILE, without '..' or a leading '/'"
+        try:
+            validate_key(source[len(STORE_PREFIX) :])
+        except StorageError as exc:
+            return f"{source!r} is not a usable store key ({exc}); write store:FOLDER/FILE"
         return None
     if _URL.match(source) or source.lower().startswith(("http:", "https:", "file:")):
         return (
@@ -730,7 +778,11 @@ def _source_problem(source: str, base_dir: Path | None, file: str) -> str | None
         return f"{source!r} links outside the manifest's folder; only files under it can be used (or store:KEY)"
     if not resolved.is_file():
         return f"{source!r}: no such file in {folder}; paths are relative to the manifest's folder"
-    return None
+    try:
+        data = resolved.read_bytes()
+    except OSError as exc:
+        return f"{source!r} cannot be read ({exc.strerror or exc}); make it readable"
+    return _image_problem(source, data)
 
 
 def _over_limit(value: int, what: str, limit: int, variable: str) -> str:
@@ -755,6 +807,7 @@ class _Validator:
         self.problems: list[_Problem] = list(document.problems)
         self.origins: dict[str, FieldPath] = {}
         self.ids: dict[str, int] = {}
+        self.defaults_dropped: frozenset[str] = frozenset()
 
     def add(self, message: str, *path: str | int) -> None:
         """Record a problem at a field path."""
@@ -775,16 +828,17 @@ class _Validator:
                 get_preset(self.preset)
             except ModelError as exc:
                 raise ManifestError(f"{self.file}: preset override: {exc}") from None
-        header = _parse(_Header, raw, (), self.problems)
+        header, _ = _parse(_Header, raw, (), self.problems)
         # An empty `defaults:` in YAML reads as null: treat it as no defaults.
         given = raw.get("defaults")
-        defaults = _parse(Defaults, {} if given is None else given, ("defaults",), self.problems)
+        defaults, self.defaults_dropped = _parse(Defaults, {} if given is None else given, ("defaults",), self.problems)
         self._check_limits(defaults, ("defaults",))
         entries = raw.get("prompts") if isinstance(raw.get("prompts"), list) else []
         if len(entries) > self.settings.max_prompts:
             self.add(_over_limit(len(entries), "prompts", self.settings.max_prompts, "MAX_PROMPTS"), "prompts")
             entries = []  # not worth checking one by one
         prompts = [self._prompt(index, entry, defaults) for index, entry in enumerate(entries)]
+        self._check_total_work([p for p in prompts if p is not None])
         if not self.problems:
             return Manifest(
                 file=self.file,
@@ -798,12 +852,13 @@ class _Validator:
 
     def _prompt(self, index: int, raw: Any, defaults: Defaults | None) -> ManifestPrompt | None:
         path: FieldPath = ("prompts", index)
-        entry = _parse(PromptEntry, raw, path, self.problems)
+        entry, dropped = _parse(PromptEntry, raw, path, self.problems)
         if entry is None:
             return None
         self._check_limits(entry, path)
         prompt_id = entry.id or f"p{index + 1:03d}"
-        self._check_id(prompt_id, entry.id is not None, index)
+        if "id" not in dropped:  # a wrong id is reported already; its stand-in, the default id, could clash falsely
+            self._check_id(prompt_id, entry.id is not None, index)
         seeds = self._seeds(entry, defaults, prompt_id, path)
         for position, image in enumerate(entry.image_prompts):
             self._check_source(image.path, *path, "image_prompts", position, "path")
@@ -815,7 +870,7 @@ class _Validator:
         settings = GenerationSettings(
             **{key: value for key in _SETTINGS_KEYS if (value := _pick(key, entry, defaults)) is not None}
         )
-        self._check_factor(settings, models, entry, path)
+        self._check_factor(settings, models, entry, path, dropped | self.defaults_dropped)
         return ManifestPrompt(
             id=prompt_id,
             text=entry.text,
@@ -871,17 +926,40 @@ class _Validator:
         return spec
 
     def _check_factor(
-        self, settings: GenerationSettings, models: ModelSpec, entry: PromptEntry, path: FieldPath
+        self,
+        settings: GenerationSettings,
+        models: ModelSpec,
+        entry: PromptEntry,
+        path: FieldPath,
+        dropped: frozenset[str],
     ) -> None:
+        # Fields dropped for their own errors leave stand-ins: checking those would report what nobody wrote.
+        if self.preset is None and dropped & _MODEL_CHOICE_KEYS:
+            return
         factor = models.factor
         for side in ("width", "height"):
             value = getattr(settings, side)
+            if getattr(entry, side) is None and side in dropped:
+                continue
             if value % factor:
                 where = (*path, side) if getattr(entry, side) is not None else ("defaults", side)
                 low, high = value // factor * factor, (value // factor + 1) * factor
                 suggestion = f"{low} or {high}" if low else str(high)
                 cell = f"the pixels per latent cell of VQGAN {models.vqgan}"
                 self.add(f"{value} is not a multiple of {factor}, {cell}; use e.g. {suggestion}", *where)
+
+    def _check_total_work(self, prompts: list[ManifestPrompt]) -> None:
+        images = sum(len(p.seeds) for p in prompts)
+        steps = sum(len(p.seeds) * p.settings.steps for p in prompts)
+        pixel_steps = sum(len(p.seeds) * p.settings.width * p.settings.height * p.settings.steps for p in prompts)
+        limit = self.settings.max_megapixel_steps
+        if pixel_steps > limit * 1_000_000:
+            self.add(
+                f"{images:,} image{'s' if images != 1 else ''} of {steps:,} steps in all, "
+                f"{math.ceil(pixel_steps / 1e6):,} megapixel-steps (width x height x steps, summed over the images), "
+                f"more than the {limit:,} allowed (VQCLIP_MAX_MEGAPIXEL_STEPS); split the manifest or raise that limit",
+                "prompts",
+            )
 
     def _check_source(self, source: str, *path: str | int) -> None:
         problem = _source_problem(source, self.base_dir, self.file)

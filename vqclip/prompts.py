@@ -4,12 +4,15 @@ Parts are separated by ``|``. Each part is ``text[:weight[:stop]]``; the weight 
 negative weight pushes the image away from the text. ``stop`` caps how far that part's loss is
 driven down (the loss of the reference implementations). A literal ``|`` or ``:`` in the text is
 written ``\\|`` or ``\\:``; a trailing ``:word`` that is not a number stays part of the text.
+Control characters other than tab and newline, and the bidirectional embedding, override and isolate
+characters, are refused: they are invisible where prompts are read and can make one text look like another.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,6 +22,9 @@ CLIP_TEXT_TOKENS = 75
 """Tokens of text CLIP reads: its 77-token context less the start and end markers."""
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+_ALLOWED_CONTROLS = frozenset("\t\n")
+# The "Trojan Source" characters (CVE-2021-42574): they reorder how the text around them is displayed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -89,10 +95,20 @@ def parse_part(part: str, position: int = 1) -> WeightedPrompt:
     return WeightedPrompt(text, weight, stop)
 
 
+def check_characters(prompt: str) -> None:
+    """Raise PromptError at the first control or bidirectional-override character, giving its 1-based position."""
+    for position, char in enumerate(prompt, start=1):
+        if char in _BIDI_CONTROLS or (unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS):
+            name = unicodedata.name(char, None)  # C0 and C1 controls have no Unicode name
+            label = f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+            raise PromptError(f"character {position} is {label}, a control character; remove it")
+
+
 def parse_prompt(prompt: str) -> list[WeightedPrompt]:
-    """Parse a ``|``-separated weighted prompt into its parts; empty parts are an error."""
+    """Parse a ``|``-separated weighted prompt into its parts; empty parts and control characters are errors."""
     if not prompt or not prompt.strip():
         raise PromptError("the prompt is empty; write some text, e.g. 'a red fox:1 | blurry:-0.5'")
+    check_characters(prompt)
     parts = _UNESCAPED_PIPE.split(prompt)
     return [parse_part(part, position) for position, part in enumerate(parts, start=1)]
 

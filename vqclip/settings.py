@@ -64,11 +64,21 @@ class Settings(BaseSettings):
     s3_path_style: bool = Field(True, description="Path-style addressing (needed by most self-hosted S3 stores).")
     shard_attempts: int = Field(3, gt=0, description="Dispatches of a remote shard before its items count as failed.")
     shard_timeout: float = Field(6 * 3600, gt=0, description="Seconds a batch waits for its remote shards.")
+    batch_attempts: int = Field(
+        3, gt=0, description="Runs of one batch, the first and automatic resumes after its process was lost, before "
+        "the reconciler marks it Failed (scale-out only)."
+    )
     max_prompts: int = Field(1000, gt=0, description="Prompts allowed in one manifest.")
     max_images_per_prompt: int = Field(64, gt=0, description="Images allowed per prompt.")
     max_side: int = Field(1024, gt=0, description="Largest width or height in pixels.")
     max_steps: int = Field(5000, gt=0, description="Largest optimisation step count.")
     max_manifest_bytes: int = Field(5_000_000, gt=0, description="Largest manifest file size.")
+    max_megapixel_steps: int = Field(
+        1_000_000,
+        gt=0,
+        description="A manifest's total work: width x height x steps summed over its images, in millions (about "
+        "3.8 million image-steps at 512x512, e.g. 2,000 images of 1,000 steps and a margin).",
+    )
 
     @property
     def vqgan_cache(self) -> Path:

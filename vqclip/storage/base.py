@@ -31,6 +31,10 @@ class ObjectStore(Protocol):
         """Whether an object is stored under `key`."""
         ...
 
+    def size(self, key: str) -> int:
+        """The size in bytes of the object under `key`, without reading it; `ObjectNotFound` when there is none."""
+        ...
+
     def list(self, prefix: str = "") -> list[str]:
         """Every key that starts with `prefix`, at any depth, sorted."""
         ...
@@ -41,6 +45,13 @@ class ObjectStore(Protocol):
 
     def claim(self, src_key: str, dst_key: str) -> bool:
         """Move `src_key` to `dst_key` if this caller is the one that wins it; False if another did."""
+        ...
+
+    def evict(self, listed_key: str, dst_key: str) -> bool:
+        """Move an object `list` returned to `dst_key` without reading it, even if the key rules refuse its key.
+
+        For moving hostile uploads aside; False if another caller moved or removed it first.
+        """
         ...
 
     def url(self, key: str = "") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,19 @@ class LocalStore:
         """Whether an object is stored under `key`."""
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int:
+        """The size in bytes of the object under `key`; `ObjectNotFound` when there is none."""
+        path = self._path(key)
+        try:
+            found = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(f"no object {key!r} in {self.uri}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(found.st_mode):
+            raise ObjectNotFound(f"no object {key!r} in {self.uri}")
+        return found.st_size
+
     def list(self, prefix: str = "") -> list[str]:
         """Every key that starts with `prefix`, at any depth, sorted."""
         validate_prefix(prefix)
@@ -81,7 +95,18 @@ class LocalStore:
 
     def claim(self, src_key: str, dst_key: str) -> bool:
         """Move `src_key` to `dst_key` unless another caller got the source first or `dst_key` exists."""
-        src, dst = self._path(src_key), self._path(dst_key)
+        return self._move(self._path(src_key), src_key, dst_key)
+
+    def evict(self, listed_key: str, dst_key: str) -> bool:
+        """Move a listed object, whatever its key, to `dst_key`; False if another caller moved it first."""
+        parts = listed_key.split("/")
+        # list() only returns names found under the root; refuse anything that could point elsewhere.
+        if not listed_key or listed_key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise StorageError(f"object key {listed_key!r} cannot name a file under {self.root}")
+        return self._move(self.root.joinpath(*parts), listed_key, dst_key)
+
+    def _move(self, src: Path, src_key: str, dst_key: str) -> bool:
+        dst = self._path(dst_key)
         if src == dst:
             raise StorageError(f"cannot claim {src_key!r} onto itself; pick a different destination key")
         held = src.with_name(f"{TEMP_PREFIX}claim-{uuid.uuid4().hex}")

@@ -126,6 +126,16 @@ class S3Store:
                 raise
         return True
 
+    def size(self, key: str) -> int:
+        """The size in bytes of the object under `key` (one HEAD request); `ObjectNotFound` when there is none."""
+        with self._errors("check", key):
+            try:
+                return self._client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+            except ClientError as exc:
+                if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
+                    raise ObjectNotFound(f"no object {key!r} in {self.uri}") from None
+                raise
+
     def list(self, prefix: str = "") -> list[str]:
         """Every key that starts with `prefix`, at any depth, sorted."""
         validate_prefix(prefix)
@@ -166,6 +176,31 @@ class S3Store:
         if self._conditional("delete", src_key, self._client.delete_object, Bucket=self.bucket, Key=src, IfMatch=found["ETag"]):
             return True
         logger.info("not claiming %s: another claimer took it first", src_key)
+        self.delete(dst_key)
+        return False
+
+    def evict(self, listed_key: str, dst_key: str) -> bool:
+        """Copy a listed object, whatever its key, to `dst_key` within the server, then delete it if unchanged.
+
+        Nothing passes through this process, however large the object. False if it was gone or changed
+        first; the copy is then deleted, so `dst_key` must be one no other caller picks.
+        """
+        if not listed_key:
+            raise StorageError("an empty object key names no object")
+        src, dst = self.prefix + listed_key, self._key(dst_key)
+        with self._errors("check", listed_key):
+            try:
+                etag = self._client.head_object(Bucket=self.bucket, Key=src)["ETag"]
+            except ClientError as exc:
+                if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
+                    return False
+                raise
+        source = {"Bucket": self.bucket, "Key": src}
+        copy = dict(Bucket=self.bucket, Key=dst, CopySource=source, CopySourceIfMatch=etag)
+        if not self._conditional("copy", listed_key, self._client.copy_object, **copy):
+            return False
+        if self._conditional("delete", listed_key, self._client.delete_object, Bucket=self.bucket, Key=src, IfMatch=etag):
+            return True
         self.delete(dst_key)
         return False
 
