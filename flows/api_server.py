@@ -78,6 +78,9 @@ class TemporaryApiServer:
             stdin=subprocess.DEVNULL,
             stdout=self._output,
             stderr=subprocess.STDOUT,
+            # A session of its own: a terminal's Ctrl-C or a service manager's SIGTERM to the run's process
+            # group must not stop the server while the run still records its interrupted state there.
+            start_new_session=True,
             preexec_fn=_die_with_parent if _libc is not None else None,
         )
 

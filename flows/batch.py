@@ -53,7 +53,7 @@ def batch_generate(
         _check_manifest_source(manifest)
         return _run_batch(manifest, storage or get_settings().storage, run_id, preset, shard_deployment)
     except PERMANENT as exc:
-        return Failed(message=f"{type(exc).__name__}: {exc}")
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)  # the CLI tells a permanent error by its type
 
 
 def _check_manifest_source(manifest: str) -> None:

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 
 from tasks.retry import PERMANENT, retried
 from vqclip import generate as engine
+from vqclip import shutdown
 from vqclip.batching import batch_size, batches
 from vqclip.generate import GenerationResult
 from vqclip.items import WorkItem
@@ -37,10 +38,11 @@ def commit_image(
         except PERMANENT:
             raise
         except Exception as exc:
-            if delay is None:
+            if delay is None or shutdown.requested():
                 raise
             logger.warning("storing item %s failed (%s); retrying in %g s", item.item_id, exc, delay)
-            time.sleep(delay)
+            # A stopping process must exit within seconds: the wait ends early and a resumed run redoes the item.
+            shutdown.wait(delay)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -95,9 +97,16 @@ def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOut
     """Generate the shard's items that are not done yet and commit each (PNG first, sidecar last).
 
     Items go through the engine in batches that fit the device; a batch's images are uploaded in the
-    background while the next batch computes.
+    background while the next batch computes. SIGTERM or SIGINT stops it at the next optimisation
+    step with Interrupted, once every finished image is stored.
     """
+    with shutdown.stop_on_signals():
+        return _generate_pending(items, storage, run_id)
+
+
+def _generate_pending(items: list[WorkItem], storage: str, run_id: str) -> ShardOutcome:
     logger = get_run_logger()
+    shutdown.check()
     store = open_store(storage)
     todo = pending_items(store, run_id, items)
     if not todo:
@@ -106,6 +115,7 @@ def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOut
     runtime = get_settings()
     started = time.perf_counter()
     models = load_models(todo[0].models, include_scorer=False)
+    shutdown.check()
     logger.info(
         "models ready in %.1f s (kept for later shards in this process); generating %d of %d items on %s",
         time.perf_counter() - started,

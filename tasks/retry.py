@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from prefect.cache_policies import NO_CACHE
 
+from vqclip import shutdown
 from vqclip.errors import GenerationError, ManifestError, ModelError, PermanentStorageError, PromptError
 
 PERMANENT = (ManifestError, PromptError, ModelError, PermanentStorageError, GenerationError)
 
 
 def transient_only(task, task_run, state) -> bool:
-    """Retry unless the failure is one that no retry can fix (bad input, missing weights, bad credentials)."""
+    """Retry unless no retry can fix the failure (bad input, missing weights, bad credentials) or the process is stopping."""
+    if shutdown.requested():
+        return False
     try:
         state.result()
     except PERMANENT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from vqclip import shutdown
 from vqclip.cli_stack import register as register_stack_commands
 from vqclip.errors import VqclipError
 from vqclip.storage import open_store
@@ -217,8 +219,10 @@ def run(
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     from flows.api_server import temporary_api_server
 
+    # SIGTERM and SIGINT only raise the stop flag: the run ends at its next step, its finished images
+    # stored and its state recorded, before the temporary server (in a session of its own) stops.
     # Without PREFECT_API_URL, a temporary API server boots while torch and the models load.
-    with temporary_api_server() as server:
+    with shutdown.stop_on_signals(), temporary_api_server() as server:
         _run(manifest, storage, run_id, preset, server)
 
 
@@ -238,6 +242,8 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
         with console.status("checking model weights", spinner="dots"):
             for spec in {item.models for item in items}:
                 ensure_files(required_files(spec, settings), settings)
+    resume = f"vqclip run {manifest} --storage {storage} --run-id {run_id}"
+    _exit_if_stopped(run_id, resume)
     console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}")
     # Models build on a thread while the API server finishes booting; a resumed run preloads only
     # for items without a sidecar yet.
@@ -245,25 +251,46 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
         stored = set(store.list(layout.items_prefix(run_id)))
     preload = preload_models(list(dict.fromkeys(i.models for i in items if layout.sidecar_key(run_id, i.item_id) not in stored)))
 
+    from prefect.exceptions import TerminationSignal
+
     from flows.api_server import prefect_api
     from flows.batch import batch_generate
+    from tasks.retry import PERMANENT
 
     try:
         with user_errors(), prefect_api(server), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
             task = bar.add_task("images", total=len(items))
             with _ProgressWatcher(store, run_id, lambda done: bar.update(task, completed=done)):
                 state = batch_generate(manifest=manifest, storage=storage, run_id=run_id, preset=preset, return_state=True)
+    except TerminationSignal as exc:
+        # Prefect's SIGTERM bridge, not the stop flag, held the signal (planning or scoring, outside
+        # the step loop): the flow run is recorded Crashed, which a resume picks up like any other.
+        shutdown.request(exc.signal)
     finally:
         preload.join()  # never leave a thread building models while the interpreter shuts down
+    _exit_if_stopped(run_id, resume)
     if store.exists(layout.index_key(run_id)):
         with user_errors():
             console.print(_summary_table(storage, run_id))
     if not state.is_completed():
-        resume = f"vqclip run {manifest} --storage {storage} --run-id {run_id}"
-        hint = "" if resume in (state.message or "") else f" Resume with: {resume}"
+        # Bad input, missing weights or refused credentials fail the same way again: no resume hint.
+        permanent = isinstance(state.result(raise_on_failure=False), PERMANENT)
+        hint = "" if permanent or resume in (state.message or "") else f" Resume with: {resume}"
         errors.print(f"[bold red]error:[/] run {run_id} did not finish: {state.message}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"all {len(items)} images done; gallery: {store.url(layout.gallery_key(run_id))}")
+
+
+def _exit_if_stopped(run_id: str, resume: str) -> None:
+    """After SIGTERM or SIGINT, end with one line naming the resume command and the signal's exit status."""
+    if shutdown.requested():
+        name = signal.Signals(shutdown.first_signal()).name
+        errors.print(
+            f"[bold yellow]stopped:[/] run {run_id} stopped by {name}; its finished images are stored. Resume with: {resume}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(shutdown.exit_status())
 
 
 class _ProgressWatcher:

@@ -31,3 +31,7 @@ class ObjectNotFound(StorageError):
 
 class GenerationError(VqclipError):
     """Generation of an item failed (non-finite loss, out of memory)."""
+
+
+class Interrupted(VqclipError):
+    """SIGTERM or SIGINT stopped the run between steps; finished images are stored and the run can resume."""

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vqclip import shutdown
 from vqclip.acceleration import Accelerated
 from vqclip.cutouts import make_cutouts
 from vqclip.errors import GenerationError
@@ -188,7 +189,8 @@ def generate(
     """Generate one image per item, optimising the whole batch together on `models.device`.
 
     `images` maps each image prompt's and init image's `source` to the loaded image. Items whose loss
-    turns non-finite come back with `error` set; the others are unaffected.
+    turns non-finite come back with `error` set; the others are unaffected. Raises Interrupted at the
+    next step once a stop is requested (see vqclip.shutdown).
     """
     runtime = settings or get_settings()
     images = images or {}
@@ -275,6 +277,7 @@ def generate(
 
     per_item_loss = torch.zeros(len(items), device=device)
     for step in range(gen.steps):
+        shutdown.check()
         per_item_loss, similarity = first_gradients() if step == 0 else gradients()
         optimiser.step()
         with torch.no_grad():
