@@ -33,7 +33,8 @@ from tests.stack_fixtures import local_stack, stack_logs  # noqa: F401  (local_s
 from tests.test_pipeline import check_complete_run, item_ids
 from vqclip import layout
 from vqclip.settings import get_settings
-from vqclip.stack import StackState, client_env, descendants, is_alive, prefect_client, zombie_automation
+from flows.lineage import RESUMED_TAG
+from vqclip.stack import StackState, client_env, descendants, is_alive, load_state, prefect_client, start_stack, stop_stack, zombie_automation
 from vqclip.storage import open_store
 
 pytestmark = pytest.mark.slow
@@ -68,6 +69,12 @@ def stack(local_stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     get_settings.cache_clear()
     yield local_stack
     get_settings.cache_clear()
+
+
+def api_auth(state: StackState) -> tuple[str, str]:
+    """The stack's Prefect credentials as HTTP basic auth ("user:password", the form the UI asks for)."""
+    user, _, password = state.auth_string.partition(":")
+    return user, password
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float, state: StackState, every: float = 1.0) -> T:
@@ -124,7 +131,7 @@ def heartbeats(state: StackState, flow_run_id: UUID) -> list[dict[str, Any]]:
         },
         "limit": 50,
     }
-    response = httpx.post(f"{state.api_url}/events/filter", json=body, timeout=10)
+    response = httpx.post(f"{state.api_url}/events/filter", json=body, timeout=10, auth=api_auth(state))
     response.raise_for_status()
     return response.json()["events"]
 
@@ -134,6 +141,14 @@ def check_items_exactly(store, run_id: str, expected: int) -> None:
     keys = store.list(layout.items_prefix(run_id))
     assert len(keys) == 2 * expected, keys
     assert item_ids(store, run_id, ".png") == item_ids(store, run_id, ".json")
+
+
+def vqclip_status(state: StackState) -> str | None:
+    """`vqclip status`'s output when it exits 0 (every piece up, API, store and workers answering), else None."""
+    env = {**client_env(state), "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-m", "vqclip.cli", "status", "--state-dir", state.state_dir], env=env,
+                            capture_output=True, text=True, timeout=60)
+    return result.stdout if result.returncode == 0 else None
 
 
 def artifacts_by_type(state: StackState, flow_run_id: UUID) -> dict[str, Any]:
@@ -258,6 +273,12 @@ def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: St
     store = open_store(stack.storage)
     check_complete_run(store, run_id, ITEMS)
     check_items_exactly(store, run_id, ITEMS)
+
+    # The supervisor started the killed worker again; `vqclip status` shows it, and it is back in its pool.
+    restarted = load_state(stack.state_dir).process("worker-gpu-1")
+    assert restarted.pid != worker.pid and restarted.restarts >= 1 and is_alive(restarted.pid, restarted.started)
+    status = wait_until("vqclip status to report a healthy stack", lambda: vqclip_status(stack), 60, stack, every=2)
+    assert re.search(rf"worker-gpu-1\s.*{restarted.pid}\s.*running\s.*{restarted.restarts}", status), status
     print(
         f"\nshard marked Crashed {detected_after_kill:.0f} s after the kill ({detected_after_beat:.0f} s after its last "
         f"heartbeat); kill -> run complete {time.monotonic() - killed_at:.0f} s; whole test {elapsed:.0f} s"
@@ -268,16 +289,59 @@ CHROMIUM = shutil.which("chromium")
 CHROMIUM_TIMEOUT_S = 90
 
 
-def chromium(url: str, profile: Path, *args: str) -> str:
-    """Headless Debian chromium on `url`, with virtual time for the single-page UI to fetch and render; its stdout."""
-    command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
-        "--window-size=1400,1000", "--virtual-time-budget=15000", *args, url,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
-    assert result.returncode == 0, f"chromium {' '.join(args)} {url} failed ({result.returncode}):\n{result.stderr[-3000:]}"
-    return result.stdout
+class Browser:
+    """Headless Debian chromium driven over the DevTools protocol: the UI's login lives in localStorage."""
+
+    def __init__(self, profile: Path) -> None:
+        command = [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
+            "--window-size=1400,1000", "--remote-debugging-port=0", "about:blank",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline, line = time.monotonic() + CHROMIUM_TIMEOUT_S, ""
+        while "DevTools listening on" not in line:
+            line = self.process.stderr.readline()
+            assert line or self.process.poll() is None, "chromium exited before it listened"
+            assert time.monotonic() < deadline, "chromium did not start its DevTools endpoint"
+        port = int(re.search(r"ws://127\.0\.0\.1:(\d+)/", line).group(1))
+        (page,) = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page"]
+        from websockets.sync.client import connect
+
+        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        self.sent = 0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.sent += 1
+        self.socket.send(json.dumps({"id": self.sent, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=CHROMIUM_TIMEOUT_S))
+            if message.get("id") == self.sent:
+                assert "error" not in message, message
+                return message["result"]
+
+    def evaluate(self, expression: str) -> Any:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str, until: Callable[[str], bool], timeout: float = 60) -> str:
+        """Load `url` and wait until `until(page HTML)` holds; return the HTML."""
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while True:
+            page = self.evaluate("document.documentElement.outerHTML") or ""
+            if until(page) or time.monotonic() > deadline:
+                return page
+            time.sleep(0.5)
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.kill()
+        self.process.wait(10)
 
 
 def check_png(path: Path) -> None:
@@ -310,14 +374,22 @@ def test_ui_shows_the_batch_run_and_its_ranking_table(stack: StackState, tmp_pat
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
 
     pages = {"flow-run": f"{stack.ui_url}/runs/flow-run/{flow_run_id}", "artifact": f"{stack.ui_url}/artifacts/artifact/{table.id}"}
-    doms = {}
-    for name, url in pages.items():
-        shot = tmp_path / f"{name}.png"
-        chromium(url, tmp_path / f"profile-{name}-shot", f"--screenshot={shot}")
-        check_png(shot)
-        doms[name] = chromium(url, tmp_path / f"profile-{name}-dom", "--dump-dom")
-
     done_name = read_flow_run(stack, flow_run_id).name
+    expected = {"flow-run": lambda page: done_name in page and "Completed" in page, "artifact": lambda page: rows[-1]["item_id"] in page}
+    browser = Browser(tmp_path / "profile")
+    try:
+        # Without the stack's credentials the UI says so and shows nothing of the run.
+        locked = browser.open(pages["flow-run"], lambda page: "Authentication failed" in page, timeout=90)
+        assert "Authentication failed" in locked and done_name not in locked and run_id not in locked, locked[-2000:]
+        browser.evaluate(f"localStorage.setItem('prefect-password', btoa({json.dumps(stack.auth_string)}))")
+        doms = {}
+        for name, url in pages.items():
+            doms[name] = browser.open(url, expected[name])
+            browser.screenshot(tmp_path / f"{name}.png")
+            check_png(tmp_path / f"{name}.png")
+    finally:
+        browser.close()
+
     assert done_name in doms["flow-run"] and "Completed" in doms["flow-run"], doms["flow-run"][-3000:]
     artifact_dom = doms["artifact"]
     for header in ("prompt_id", "prompt", "seed", "score", "rank", "item_id"):
@@ -327,3 +399,84 @@ def test_ui_shows_the_batch_run_and_its_ranking_table(stack: StackState, tmp_pat
         for value in (row["prompt_id"], str(row["seed"]), score, row["item_id"]):
             assert re.search(rf">\s*{re.escape(value)}\s*<", artifact_dom), f"{value!r} of {row} is not on {pages['artifact']}"
     print(f"\nUI pages of {done_name} rendered in {time.monotonic() - started:.0f} s; screenshots in {tmp_path}")
+
+
+def test_the_api_refuses_calls_without_the_stack_credentials(stack: StackState):
+    body = {"limit": 1}
+    assert httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, timeout=10).status_code == 401
+    assert httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, timeout=10, auth=("vqclip", "wrong")).status_code == 401
+    assert httpx.post(f"{stack.api_url}/flow_runs/filter", json=body, timeout=10, auth=api_auth(stack)).status_code == 200
+
+
+def submit_now(state: StackState, tmp_path: Path, name: str, steps: int) -> tuple[str, FlowRun]:
+    """`vqclip submit --now` a MANIFEST; its run id and batch flow run."""
+    manifest = tmp_path / f"e2e-{name}.yaml"
+    manifest.write_text(MANIFEST.format(name=name, steps=steps))
+    match = re.search(r"started run (\S+?):? ", vqclip(state, "submit", "--now", str(manifest)))
+    assert match
+    (batch,) = flow_runs(state, "batch-generate", match.group(1))
+    return match.group(1), batch
+
+
+def shard_running(state: StackState, run_id: str) -> FlowRun | None:
+    """A shard run of `run_id` that runs and has sent a heartbeat."""
+    for run in flow_runs(state, "generate-shard", run_id):
+        if run.state.type == StateType.RUNNING and run.infrastructure_pid and heartbeats(state, run.id):
+            return run
+    return None
+
+
+def completed_batch(state: StackState, run_id: str) -> FlowRun | None:
+    """The batch run of `run_id` that completed, if any; fails the test on one that failed."""
+    for run in flow_runs(state, "batch-generate", run_id):
+        assert run.state.type != StateType.FAILED, f"{run.name}: {run.state.message}\n{stack_logs(state)}"
+        if run.state.type == StateType.COMPLETED:
+            return run
+    return None
+
+
+def test_a_lost_batch_run_is_resumed_and_completes_without_anyone(stack: StackState, tmp_path: Path):
+    run_id, batch = submit_now(stack, tmp_path, "lost-batch", steps=120)
+    wait_until("a shard running with a heartbeat", lambda: shard_running(stack, run_id), 150, stack, every=0.5)
+    batch = read_flow_run(stack, batch.id)
+    assert batch.state.type == StateType.RUNNING and worker_of(batch) == "cpu-1"
+    worker = load_state(stack.state_dir).process("worker-cpu-1")
+    batch_pid = int(batch.infrastructure_pid)
+    # The cpu machine is lost: its worker and the batch's flow-run process, by pid (the shards go on).
+    os.killpg(worker.pid, signal.SIGKILL)
+    os.killpg(batch_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    done = wait_until(f"a batch run of {run_id} to complete", lambda: completed_batch(stack, run_id), FAULT_RUN_TIMEOUT_S, stack, every=3)
+    lost = read_flow_run(stack, batch.id)
+    assert lost.state.type == StateType.CRASHED and RESUMED_TAG in lost.tags, (lost.state, lost.tags)
+    assert done.idempotency_key == f"resume-{batch.id}" and done.parameters == {**batch.parameters, "run_id": run_id}
+    store = open_store(stack.storage)
+    check_complete_run(store, run_id, ITEMS)
+    check_items_exactly(store, run_id, ITEMS)
+    # No shard generated twice at once: every shard completed by exactly one flow run.
+    shards = flow_runs(stack, "generate-shard", run_id)
+    completed = sorted(r.parameters["shard"] for r in shards if r.state.type == StateType.COMPLETED)
+    assert completed == list(range(ITEMS)), [(r.parameters["shard"], r.state.name) for r in shards]
+    assert load_state(stack.state_dir).process("worker-cpu-1").restarts >= 1
+    print(f"\nbatch process and cpu worker killed -> resumed run complete in {time.monotonic() - killed_at:.0f} s")
+
+
+def test_down_mid_run_then_up_finishes_the_run(stack: StackState, tmp_path: Path):
+    """Last in this module: it stops and starts the session's stack."""
+    run_id, batch = submit_now(stack, tmp_path, "down-up", steps=120)
+    wait_until("a shard running with a heartbeat", lambda: shard_running(stack, run_id), 150, stack, every=0.5)
+    stop_stack(stack.state_dir)
+    stopped_at = time.monotonic()
+    state = start_stack(stack.state_dir, gpu_workers=2)
+    assert read_flow_run(state, batch.id).state.type == StateType.CRASHED
+
+    done = wait_until(f"a batch run of {run_id} to complete", lambda: completed_batch(state, run_id), 300, state, every=3)
+    elapsed = time.monotonic() - stopped_at
+    assert elapsed < 300 and done.idempotency_key == f"resume-{batch.id}"
+    store = open_store(state.storage)
+    check_complete_run(store, run_id, ITEMS)
+    check_items_exactly(store, run_id, ITEMS)
+    in_flight = [r.name for r in flow_runs(state, "generate-shard", run_id) if not r.state.is_final()]
+    assert in_flight == []
+    print(f"\ndown mid-run -> up -> resumed run complete in {elapsed:.0f} s")

@@ -520,11 +520,6 @@ def install_automations(client: SyncPrefectClient) -> None:
         client.create_automation(automation)
 
 
-def _create_automations(state: StackState) -> None:
-    with prefect_client(state) as client:
-        install_automations(client)
-
-
 def crash_orphaned_runs(client: SyncPrefectClient) -> list[str]:
     """Mark every flow run left in flight by a stack that stopped Crashed (the reconciler then resumes
     the batches), and cancel the shard runs that never started; return the names of the runs changed.
@@ -649,10 +644,12 @@ def start_stack(
         _deploy(state)
         _run_shards_on_any_device(state)
         with prefect_client(state) as client:
+            install_automations(client)
             orphans = crash_orphaned_runs(client)
-        if orphans:
-            report(f"marked {len(orphans)} flow runs the last stack left in flight Crashed or Cancelled: {', '.join(orphans)}")
-        _create_automations(state)
+            if orphans:
+                report(f"marked {len(orphans)} flow runs the last stack left in flight Crashed or Cancelled: {', '.join(orphans)}")
+                # At once rather than through the automation, whose trigger may not be evaluating events yet.
+                client.create_flow_run_from_deployment(client.read_deployment_by_name(RECONCILE_DEPLOYMENT).id)
 
         workers = [(CPU_POOL, "cpu-1")] + [(GPU_POOL, f"gpu-{n}") for n in range(1, gpu_workers + 1)]
         report(f"starting workers {', '.join(name for _, name in workers)}")
