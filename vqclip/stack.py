@@ -683,6 +683,17 @@ def start_supervisor(state: StackState) -> None:
     save_state(state)
 
 
+def _uses_folder(pid: int, folder: str) -> bool:
+    """Whether process `pid`'s command line or environment names `folder` (a weed -dir, a PREFECT_HOME)."""
+    for part in ("cmdline", "environ"):
+        try:
+            if folder.encode() in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def stop_processes(state: StackState) -> list[str]:
     """Stop the state's processes that still run, and anything else listening on the stack's ports; return their names.
 
@@ -698,8 +709,8 @@ def stop_processes(state: StackState) -> list[str]:
     servers = [record for record in alive if record not in workers]
     for batch in (workers, servers):
         kill_tree([record.pid for record in batch])
-    # A server someone restarted by hand on the stack's ports is the stack's too.
-    strays = listening_pids([state.server_port, *state.s3_ports.values()]) - {os.getpid()}
+    # A server someone restarted by hand on the stack's ports (its data in the state folder) is the stack's too.
+    strays = {pid for pid in listening_pids([state.server_port, *state.s3_ports.values()]) if _uses_folder(pid, state.state_dir)}
     kill_tree(strays)
     for sock in state.stray_sockets:
         Path(sock).unlink(missing_ok=True)
