@@ -5,7 +5,7 @@ PRESET ?= default
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test test-fast bench
+.PHONY: install demo test test-fast test-slow bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -m slow
 
 bench: install
 	$(PY) -m benchmarks.run

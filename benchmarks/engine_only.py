@@ -2,20 +2,25 @@
 
     python -m benchmarks.engine_only MANIFEST [--device cpu|cuda]
 
-Imports, loads the models and generates the items shard by shard as `vqclip run` would, without
-Prefect, storage or scoring; prints the seconds spent generating.
+Imports, loads the models and runs the items shard by shard through `run_shard`, as `vqclip run`'s
+shard task does (images stored in a temporary folder), without Prefect or scoring; prints the
+seconds spent generating and storing.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import logging
+import tempfile
 import time
 from pathlib import Path
 
-from vqclip.generate import generate
 from vqclip.manifest import load_manifest_file, shards
 from vqclip.models.loader import load_models
+from vqclip.settings import get_settings
+from vqclip.shard import run_shard
+from vqclip.storage import LocalStore
 
 
 def main() -> None:
@@ -26,10 +31,13 @@ def main() -> None:
     manifest = load_manifest_file(args.manifest)
     items = manifest.plan()
     models = load_models(items[0].models, device=args.device, include_scorer=False)
-    started = time.perf_counter()
-    for shard in shards(items, manifest.batch_size):
-        generate(shard, models)
-    print(time.perf_counter() - started)
+    settings, log = get_settings(), logging.getLogger("benchmarks.engine_only")
+    with tempfile.TemporaryDirectory(prefix="vqclip-engine-only-") as folder:
+        store = LocalStore(folder)
+        started = time.perf_counter()
+        for shard in shards(items, manifest.batch_size):
+            run_shard(shard, "engine-only", store, lambda _: models, settings, log)
+        print(time.perf_counter() - started)
     gc.freeze()  # as `vqclip.cli.main` does at exit: the comparison leaves the interpreter's teardown out
 
 

@@ -11,13 +11,13 @@ from flows.dispatch import dispatch_shards
 from flows.lineage import run_tag, tag_current_flow_run
 from tasks.generation import generate_shard
 from tasks.planning import prepare_run
-from tasks.retry import PERMANENT
 from tasks.reporting import publish_artifacts, write_reports
 from tasks.scoring import score_images
 from vqclip import layout
-from vqclip.errors import ManifestError
+from vqclip.errors import ManifestError, VqclipError
 from vqclip.manifest import shards
 from vqclip.records import PlanRecord
+from vqclip.retry import is_permanent
 from vqclip.runs import put_json
 from vqclip.settings import get_settings
 from vqclip.storage import open_store
@@ -52,8 +52,10 @@ def batch_generate(
     try:
         _check_manifest_source(manifest)
         return _run_batch(manifest, storage or get_settings().storage, run_id, preset, shard_deployment)
-    except PERMANENT as exc:
-        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)  # the CLI tells a permanent error by its type
+    except VqclipError as exc:
+        if not is_permanent(exc):
+            raise
+        return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)  # the CLI leaves the resume hint out for it (vqclip.retry.is_permanent)
 
 
 def _check_manifest_source(manifest: str) -> None:
@@ -89,9 +91,8 @@ def _run_batch(manifest: str, storage: str, run_id: str | None, preset: str | No
             failures.update(outcome.failed)
             update_progress_artifact(progress, 100.0 * number / len(batches))
 
-    scorer = items[0].models.scorer
-    records = score_images(storage, run_id, scorer)
-    index, ranking = write_reports(storage, run_id, run.manifest_name, items, records, failures, scorer)
+    records = score_images(storage, run_id, {item.item_id: item.models.scorer for item in items})
+    index, ranking = write_reports(storage, run_id, run.manifest_name, items, records, failures)
     publish_artifacts(storage, run_id, index, ranking, records)
     summary = RunSummary(
         run_id=run_id,

@@ -26,13 +26,12 @@ def write_reports(
     items: list[WorkItem],
     records: dict[str, ItemRecord],
     failures: dict[str, str],
-    scorer: str,
 ) -> tuple[RunIndex, Ranking]:
     """Write ranking.json, a contact sheet per prompt, gallery.html and, last, index.json."""
     store = open_store(storage)
     planned = {item.item_id for item in items}
     records = {k: v for k, v in records.items() if k in planned}
-    ranking = build_ranking(run_id, records, scorer)
+    ranking = build_ranking(run_id, records)
     put_json(store, layout.ranking_key(run_id), ranking)
     for prompt in ranking.prompts:
         thumbs = [
@@ -65,6 +64,7 @@ def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranki
             "prompt": records[entry.item_id].prompt if entry.item_id in records else "",
             "seed": entry.seed,
             "score": entry.score,
+            "scorer": records[entry.item_id].scorer if entry.item_id in records else "",
             "rank": entry.rank,
             "state": entry.state,
             "image": store.url(entry.image_key) if entry.image_key else "",
@@ -72,12 +72,13 @@ def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranki
         }
         for entry in index.items
     ]
-    create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score ({ranking.scorer}) and rank")
+    create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank")
     md = markdown_text  # every string below may come from a manifest or a user: rendered as text, never markup
-    lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done; scored by {md(ranking.scorer)}.", ""]
-    lines += ["| prompt | best image | score |", "|---|---|---|"]
+    lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done.", ""]
+    lines += ["| prompt | scorer | best image | score |", "|---|---|---|---|"]
     for prompt in ranking.prompts:
         best = prompt.images[0]
-        lines.append(f"| {md(prompt.prompt_id)}: {md(prompt.prompt)} | {md(store.url(best.image_key))} | {best.score:.2f} |")
+        scorer = md(prompt.scorer or "")
+        lines.append(f"| {md(prompt.prompt_id)}: {md(prompt.prompt)} | {scorer} | {md(store.url(best.image_key))} | {best.score:.2f} |")
     lines += ["", f"Gallery: {md(store.url(layout.gallery_key(run_id)))}"]
     create_markdown_artifact("\n".join(lines), key=f"summary-{_key_for(run_id)}", description=f"Best image per prompt, run {run_id}")

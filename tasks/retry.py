@@ -1,29 +1,25 @@
-"""Which failures a task retry can fix."""
+"""Prefect's side of the retry policy in vqclip.retry: task options that retry transient faults only."""
 
 from __future__ import annotations
 
 from prefect.cache_policies import NO_CACHE
 
 from vqclip import shutdown
-from vqclip.errors import GenerationError, ManifestError, ModelError, PermanentStorageError, PromptError
-
-PERMANENT = (ManifestError, PromptError, ModelError, PermanentStorageError, GenerationError)
+from vqclip.retry import TASK_DELAYS, is_transient
 
 
 def transient_only(task, task_run, state) -> bool:
-    """Retry unless no retry can fix the failure (bad input, missing weights, bad credentials) or the process is stopping."""
+    """Retry a failure only if vqclip.retry calls it transient and the process is not stopping."""
     if shutdown.requested():
         return False
     try:
         state.result()
-    except PERMANENT:
-        return False
-    except Exception:
-        return True
+    except Exception as error:
+        return is_transient(error)
     return True
 
 
-def retried(name: str, retries: int = 3, delays: list[int] | None = None) -> dict:
+def retried(name: str, retries: int = len(TASK_DELAYS), delays: list[int] | None = None) -> dict:
     """Task options shared by the pipeline's tasks: retries of transient faults only, no result caching.
 
     The store's sidecar rule, not Prefect's cache, decides what is already done.
@@ -31,7 +27,7 @@ def retried(name: str, retries: int = 3, delays: list[int] | None = None) -> dic
     return {
         "name": name,
         "retries": retries,
-        "retry_delay_seconds": delays or [2, 5, 10],
+        "retry_delay_seconds": delays or list(TASK_DELAYS),
         "retry_condition_fn": transient_only,
         "cache_policy": NO_CACHE,
         "persist_result": False,

@@ -286,7 +286,7 @@ BAD = [
     case(
         "bad optimizer",
         "defaults:\n  optimizer: sgd\nprompts: [a fox]\n",
-        "m.yaml:2: defaults.optimizer: Input should be 'adam' or 'adamw' (got 'sgd')",
+        "m.yaml:2: defaults.optimizer: Input should be 'adam', 'adamw', 'adagrad', 'adamax', 'nadam', 'radam' or 'rmsprop' (got 'sgd')",
     ),
     case("duplicate yaml key", "prompts:\n  - text: a fox\n    n: 1\n    n: 2\n", "m.yaml:4: key 'n' appears twice"),
     case("top level scalar", "42\n", "m.yaml: the top level is a int; make it a mapping"),
@@ -301,7 +301,20 @@ BAD = [
         "m.txt: unknown manifest format '.txt'; use one of .yaml, .yml, .json",
         "m.txt",
     ),
-    case("yaml syntax error", "prompts:\n  - [a fox\n  - b\n", "m.yaml:4: YAML syntax error"),
+    case("yaml unclosed bracket", "prompts:\n  - [a fox\n  - b\n", "m.yaml:2: YAML syntax error: while parsing a flow sequence"),
+    case("yaml unterminated quote", 'name: x\nprompts:\n  - "a fox\n  - b\n', "m.yaml:3: YAML syntax error: while scanning a quoted"),
+    case("yaml bad escape", 'prompts:\n  - a fox\n  - "a \\q cat"\n', "m.yaml:3: YAML syntax error"),
+    case("yaml bad indentation", "prompts:\n  - a fox\n bad: 1\n", "m.yaml:3: YAML syntax error"),
+    case(
+        "noise prompt weight",
+        "defaults:\n  noise_prompts: ['12:0']\nprompts: [a fox]\n",
+        "m.yaml:2: defaults.noise_prompts[0].weight: weight 0 does nothing",
+    ),
+    case(
+        "noise prompt seed",
+        "prompts:\n  - {text: a fox, noise_prompts: [x]}\n",
+        "m.yaml:2: prompts[0].noise_prompts[0].seed: Input should be a valid integer",
+    ),
     case(
         "json syntax error",
         '{"prompts": [\n  "a fox",\n]\n}\n',
@@ -659,6 +672,38 @@ prompts:
     assert cat.models.guides == (("tiny-clip-b/random", 2.0),) and cat.models.scorer == "tiny-clip-a/random"
     assert dog.models == models_for_preset("default")
     assert {p.models for p in load(text, preset="ensemble").prompts} == {models_for_preset("ensemble")}
+
+
+def test_noise_prompts_come_from_defaults_or_the_prompt_and_decide_the_item_id():
+    text = """\
+defaults: {preset: tiny, noise_prompts: ["12:0.5", 7]}
+prompts:
+  - {id: fox, text: a fox}
+  - {id: cat, text: a cat, noise_prompts: [{seed: 3, weight: -1}]}
+  - {id: dog, text: a dog, noise_prompts: []}
+"""
+    fox, cat, dog = load(text).plan()
+    assert [(p.seed, p.weight) for p in fox.noise_prompts] == [(12, 0.5), (7, 1.0)]
+    assert [(p.seed, p.weight) for p in cat.noise_prompts] == [(3, -1.0)] and dog.noise_prompts == ()
+    plain = load(text.replace('noise_prompts: ["12:0.5", 7]', "seed: 0")).plan()
+    assert plain[2].item_id == dog.item_id, "items without noise prompts keep the ids they had"
+    assert plain[0].item_id != fox.item_id and plain[1].item_id == cat.item_id
+    other = load(text.replace('"12:0.5"', '"12:0.25"')).plan()
+    assert other[0].item_id != fox.item_id
+    (row,) = load("text,noise_prompts\na fox,12:0.5; 7\n", "m.csv", preset="tiny").plan()
+    assert row.noise_prompts == fox.noise_prompts
+
+
+def test_every_optimiser_of_the_engine_can_be_chosen():
+    from typing import get_args
+
+    from vqclip.generate import OPTIMISERS
+    from vqclip.items import Optimizer
+
+    assert set(OPTIMISERS) == set(get_args(Optimizer))
+    for name in OPTIMISERS:
+        (prompt,) = load(f"defaults: {{optimizer: {name}}}\nprompts: [a fox]\n", preset="tiny").prompts
+        assert prompt.settings.optimizer == name
 
 
 # --- (d) expansion ----------------------------------------------------------------------------------------

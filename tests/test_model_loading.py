@@ -160,7 +160,7 @@ def test_missing_weights_fail_fast_naming_the_cache_path_and_urls(served, monkey
     assert time.monotonic() - started < 5
     message = str(error.value)
     assert str(settings.vqgan_cache / "served_f8.ckpt") in message
-    assert "served.ckpt" in message and "vqclip fetch-models" in message
+    assert "served.ckpt" in message and "vqclip fetch-models served_f8`" in message
 
 
 def test_pretrained_clip_offline_fails_fast_with_hub_url(settings):
@@ -283,3 +283,42 @@ def test_checkpoints_in_the_legacy_pre_zip_format_still_load(tmp_path):
     state = load_state_dict(path)
     for key, value in reference.state_dict().items():
         assert torch.equal(state[key], value), key
+
+
+def fetch(*names: str):
+    from typer.testing import CliRunner
+
+    from vqclip.cli import app
+
+    return CliRunner().invoke(app, ["fetch-models", *names])
+
+
+def test_fetch_models_takes_a_vqgan_name(served):
+    server, _, spec, settings = served
+    done = fetch("served_f8")
+    assert done.exit_code == 0, done.output
+    assert (settings.vqgan_cache / "served_f8.ckpt").read_bytes() == server.files["/mirror/served.ckpt"]
+    assert (settings.vqgan_cache / "served_f8.yaml").exists()
+
+
+def test_fetch_models_takes_an_open_clip_name_and_a_preset(served, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from vqclip.models.clip import clip_weight_file
+
+    server, _, _, settings = served
+    name = "ViT-B-32/laion2b_s34b_b79k"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    wanted = clip_weight_file(name, settings)
+    server.files[wanted.remote.urls[0][len(server.url) :]] = b"weights"
+    done = fetch(name, "tiny")
+    assert done.exit_code == 0, done.output
+    assert wanted.path.read_bytes() == b"weights"
+
+
+def test_fetch_models_refuses_an_unknown_name_naming_what_it_takes(served):
+    done = fetch("imagenet_f16_1O24")
+    assert done.exit_code == 1
+    assert "unknown model 'imagenet_f16_1O24'" in done.output and "imagenet_f16_1024" in done.output
+    assert "MODEL/PRETRAINED" in done.output

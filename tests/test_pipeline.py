@@ -1,4 +1,4 @@
-"""The batch flow on Prefect's ephemeral API into a local folder: outputs agree, re-runs resume, faults heal."""
+"""The batch flow on Prefect's ephemeral API into a local folder: outputs agree, re-runs resume, faults heal (run_shard's own rules: tests/test_shard.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.batch import batch_generate
 from tasks import generation
-from vqclip import layout
+from vqclip import layout, shard
 from vqclip.images import read_png_metadata
 from vqclip.records import ItemRecord, Ranking, RunIndex
 from vqclip.storage import open_store
@@ -105,7 +104,7 @@ def test_rerun_with_the_same_id_writes_nothing_new_and_loads_no_model(manifest, 
 
 
 def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monkeypatch):
-    from vqclip.errors import StorageError
+    from vqclip.errors import TransientStorageError
     from vqclip.storage.local import LocalStore
 
     original, failures = LocalStore.put_bytes, {"left": 3}
@@ -113,14 +112,14 @@ def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monk
     def flaky(self, key, data, content_type=None):
         if key.endswith(".png") and failures["left"]:
             failures["left"] -= 1
-            raise StorageError("injected: connection reset")
+            raise TransientStorageError("injected: connection reset")
         return original(self, key, data, content_type)
 
     monkeypatch.setattr(LocalStore, "put_bytes", flaky)
-    monkeypatch.setattr(generation, "COMMIT_RETRY_DELAYS", (0,) * 5)
+    monkeypatch.setattr(shard.shutdown, "wait", lambda seconds: None)
     generated = []
-    original_generate = generation.engine.generate
-    monkeypatch.setattr(generation.engine, "generate", lambda items, *a, **k: generated.extend(items) or original_generate(items, *a, **k))
+    original_generate = shard.engine.generate
+    monkeypatch.setattr(shard.engine, "generate", lambda items, *a, **k: generated.extend(items) or original_generate(items, *a, **k))
     storage = str(tmp_path / "out")
     assert run(manifest, storage, "flaky").is_completed()
     assert failures["left"] == 0
@@ -128,40 +127,8 @@ def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monk
     check_complete_run(open_store(storage), "flaky", ITEMS)
 
 
-def test_out_of_memory_splits_the_shard(manifest, tmp_path, monkeypatch):
-    original, sizes = generation.engine.generate, []
-
-    def tight_memory(items, *args, **kwargs):
-        sizes.append(len(items))
-        if len(items) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return original(items, *args, **kwargs)
-
-    monkeypatch.setattr(generation.engine, "generate", tight_memory)
-    storage = str(tmp_path / "out")
-    assert run(manifest, storage, "oom").is_completed()
-    assert sizes[:3] == [3, 1, 2] and sizes.count(1) == ITEMS
-    check_complete_run(open_store(storage), "oom", ITEMS)
-
-
-def test_a_single_item_out_of_memory_runs_again_with_decoder_checkpointing(manifest, tmp_path, monkeypatch):
-    original, calls = generation.engine.generate, []
-
-    def memory_for_checkpointed_only(items, models, settings, *args, **kwargs):
-        calls.append((len(items), settings.checkpoint_side))
-        if not 0 < settings.checkpoint_side <= items[0].settings.width:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return original(items, models, settings, *args, **kwargs)
-
-    monkeypatch.setattr(generation.engine, "generate", memory_for_checkpointed_only)
-    storage = str(tmp_path / "out")
-    assert run(manifest, storage, "oom-checkpoint").is_completed()
-    assert (1, 0) in calls and (1, 64) in calls, "a lone item that does not fit is retried with checkpointing"
-    check_complete_run(open_store(storage), "oom-checkpoint", ITEMS)
-
-
 def test_a_nan_item_restarts_at_half_lr_then_fails_alone(manifest, tmp_path, monkeypatch):
-    original, calls = generation.engine.generate, []
+    original, calls = shard.engine.generate, []
 
     def nan_for_fox_seed(items, *args, **kwargs):
         results = original(items, *args, **kwargs)
@@ -171,7 +138,7 @@ def test_a_nan_item_restarts_at_half_lr_then_fails_alone(manifest, tmp_path, mon
                 result.error, result.image = "loss became non-finite (nan) (injected)", None
         return results
 
-    monkeypatch.setattr(generation.engine, "generate", nan_for_fox_seed)
+    monkeypatch.setattr(shard.engine, "generate", nan_for_fox_seed)
     storage = str(tmp_path / "out")
     state = run(manifest, storage, "nan")
     assert state.is_failed()
@@ -181,30 +148,6 @@ def test_a_nan_item_restarts_at_half_lr_then_fails_alone(manifest, tmp_path, mon
     failed = [e for e in index.items if e.state == "failed"]
     assert len(failed) == 1 and "half the learning rate" in failed[0].error
     assert index.counts["done"] == ITEMS - 1
-
-
-def test_a_shard_larger_than_the_device_fits_runs_in_batches_while_uploads_continue(manifest, tmp_path, monkeypatch):
-    import threading
-
-    original_generate, original_commit = generation.engine.generate, generation.commit_result
-    sizes, committing_threads = [], set()
-
-    def record_batch(items, *args, **kwargs):
-        sizes.append(len(items))
-        return original_generate(items, *args, **kwargs)
-
-    def record_commit(*args, **kwargs):
-        committing_threads.add(threading.current_thread().name)
-        return original_commit(*args, **kwargs)
-
-    monkeypatch.setattr(generation, "batch_size", lambda models, items, runtime: 2)
-    monkeypatch.setattr(generation.engine, "generate", record_batch)
-    monkeypatch.setattr(generation, "commit_result", record_commit)
-    storage = str(tmp_path / "out")
-    assert run(manifest, storage, "batched").is_completed()
-    assert sorted(sizes) == [1, 2, 2], "the shards of 3 and 2 items are cut into batches of at most 2"
-    assert committing_threads and all(name.startswith("vqclip-upload") for name in committing_threads)
-    check_complete_run(open_store(storage), "batched", ITEMS)
 
 
 INJECTION = r"![x](http\://127.0.0.1\:9/p.png) [click](javascript\:alert(1)) <img src=x onerror=alert(1)>"
@@ -226,3 +169,61 @@ def test_prompt_text_in_the_summary_artifact_renders_as_text(tmp_path, prefect_a
     page = MarkdownIt("commonmark").enable("table").render(summary.data)
     assert "<img" not in page and "<a " not in page, page
     assert f"evil: {html.escape(INJECTION, quote=False)}</td>" in page  # the prompt as written, as text
+
+
+def test_each_prompt_is_scored_and_ranked_by_its_own_scorer(tmp_path, prefect_api):
+    from vqclip.images import decode_image
+    from vqclip.models.loader import load_scorer
+    from vqclip.runs import scoring_prompt
+    from vqclip.score import score
+
+    path = tmp_path / "scorers.yaml"
+    path.write_text(
+        "defaults: {preset: tiny, width: 64, height: 64, steps: 2, cutouts: 2, n: 2}\n"
+        "prompts:\n"
+        "  - {id: fox, text: a red fox, scorer: tiny-clip-a/random}\n"
+        "  - {id: sea, text: a blue sea, scorer: tiny-clip-b/random}\n"
+    )
+    storage = str(tmp_path / "out")
+    assert run(path, storage, "scorers").is_completed()
+    store = open_store(storage)
+    check_complete_run(store, "scorers", 4)
+    expected = {"fox": "tiny-clip-a/random", "sea": "tiny-clip-b/random"}
+    ranking = Ranking.model_validate_json(store.get_bytes(layout.ranking_key("scorers")))
+    assert {p.prompt_id: p.scorer for p in ranking.prompts} == expected
+    for entry in RunIndex.model_validate_json(store.get_bytes(layout.index_key("scorers"))).items:
+        record = ItemRecord.model_validate_json(store.get_bytes(entry.sidecar_key))
+        assert record.scorer == record.models.scorer == expected[record.prompt_id]
+        image = decode_image(store.get_bytes(record.image_key))
+        (value,) = score([image], [scoring_prompt(record)], load_scorer(record.scorer, device="cpu"))
+        assert record.score == pytest.approx(value, abs=1e-3)
+    gallery = store.get_bytes(layout.gallery_key("scorers")).decode()
+    assert "Scored by tiny-clip-a/random" in gallery and "Scored by tiny-clip-b/random" in gallery
+
+
+def test_the_sidecar_carries_the_parsed_prompt_as_the_png_does(tmp_path):
+    from PIL import Image
+
+    from vqclip.generate import GenerationResult
+    from vqclip.items import GenerationSettings, NoisePrompt, WorkItem, models_for_preset
+    from vqclip.runs import commit_result
+
+    item = WorkItem(
+        prompt_id="fox",
+        prompt=r"a red fox:2:0.8 | blurry:-0.5 | ratio 1\:2",
+        seed=1,
+        settings=GenerationSettings(width=8, height=8, steps=1),
+        models=models_for_preset("tiny"),
+        noise_prompts=(NoisePrompt(seed=3, weight=0.5),),
+    )
+    result = GenerationResult(item=item, image=Image.new("RGB", (8, 8)), loss=0.0, similarity={}, first_similarity={}, seconds=0.1)
+    store = open_store(str(tmp_path / "out"))
+    record = commit_result(store, "parts", item, result, "cpu")
+    expected = [
+        {"text": "a red fox", "weight": 2.0, "stop": 0.8},
+        {"text": "blurry", "weight": -0.5, "stop": None},
+        {"text": "ratio 1:2", "weight": 1.0, "stop": None},
+    ]
+    sidecar = json.loads(store.get_bytes(layout.sidecar_key("parts", item.item_id)))
+    assert sidecar["parts"] == expected == read_png_metadata(store.get_bytes(record.image_key))["parts"]
+    assert sidecar["noise_prompts"] == [{"seed": 3, "weight": 0.5}]

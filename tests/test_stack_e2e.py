@@ -265,7 +265,8 @@ def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: St
 
     attempts = [r for r in flow_runs(stack, "generate-shard", run_id) if r.parameters["shard"] == shard]
     assert [r.idempotency_key for r in attempts] == [f"{run_id}-shard-{shard}-attempt-{n}" for n in (1, 2)]
-    assert attempts[1].state.type == StateType.COMPLETED and worker_of(attempts[1]) == "gpu-2"
+    # gpu-2, or gpu-1 once the supervisor has started it again.
+    assert attempts[1].state.type == StateType.COMPLETED and worker_of(attempts[1]) in {"gpu-1", "gpu-2"}
     shards = flow_runs(stack, "generate-shard", run_id)
     assert sorted({r.parameters["shard"] for r in shards}) == list(range(ITEMS))
     assert all(r.state.type == StateType.COMPLETED for r in shards if r.id != victim.id)

@@ -7,16 +7,15 @@ import logging
 import os
 import signal
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from vqclip import shutdown
+from vqclip.cli_output import console, errors, options, user_errors
 from vqclip.cli_stack import register as register_stack_commands
 from vqclip.errors import VqclipError
 from vqclip.storage import open_store
@@ -25,27 +24,12 @@ if TYPE_CHECKING:
     from flows.api_server import TemporaryApiServer
 
 app = typer.Typer(help="Batch VQGAN+CLIP text-to-image generation.", no_args_is_help=True, add_completion=False)
-console = Console()
-errors = Console(stderr=True)
-_state = {"debug": False}
 
 
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
-    _state["debug"] = debug
+    options["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-@contextmanager
-def user_errors():
-    """Print a VqclipError as a message (exit 1); with --debug, let the traceback through."""
-    try:
-        yield
-    except VqclipError as exc:
-        if _state["debug"]:
-            raise
-        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -76,12 +60,15 @@ def generate(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).")] = None,
 ) -> None:
     """Generate one image and write it as a PNG with its settings embedded."""
-    from vqclip.generate import generate as run_generation
-    from vqclip.images import encode_png
+    import tempfile
+
     from vqclip.items import GenerationSettings, WorkItem, models_for_preset
     from vqclip.models.loader import load_models
     from vqclip.prompts import check_token_length, parse_prompt
-    from vqclip.records import item_settings
+    from vqclip.runs import load_record
+    from vqclip.settings import get_settings
+    from vqclip.shard import run_shard
+    from vqclip.storage import LocalStore
 
     width, height = _parse_size(size)
     with user_errors():
@@ -93,14 +80,21 @@ def generate(
         item = WorkItem(prompt_id="cli", prompt=prompt, seed=seed, settings=settings, models=spec)
         with console.status(f"loading models ({preset})", spinner="dots"):
             models = load_models(spec, device=device, include_scorer=False)
-        with step_progress("steps") as bar:
+        # A one-item shard of a throwaway run: the same recovery rules (out-of-memory fallback, NaN
+        # restart) and the same PNG metadata as a batch run, for the cost of one file copy.
+        with tempfile.TemporaryDirectory(prefix="vqclip-generate-") as folder, step_progress("steps") as bar:
+            store = LocalStore(folder)
             task = bar.add_task(f"generating on {models.device}", total=steps)
-            (result,) = run_generation([item], models, progress=lambda done, total: bar.update(task, completed=done))
-        if not result.ok:
-            raise VqclipError(f"generation failed: {result.error}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(encode_png(result.image, item_settings(item)))
-    similarity = ", ".join(f"{v:.3f}" for v in result.similarity.values())
+            outcome = run_shard(
+                [item], "generate", store, lambda _: models, get_settings(), logging.getLogger(__name__),
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+            if outcome.failed:
+                raise VqclipError(f"generation failed: {outcome.failed[item.item_id]}")
+            record = load_record(store, "generate", item.item_id)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(store.get_bytes(record.image_key))
+    similarity = ", ".join(f"{v:.3f}" for v in record.guide_similarity.values())
     console.print(f"wrote [bold]{out}[/] ({width}x{height}, seed {seed}, guide similarity {similarity})")
     if spec.synthetic:
         console.print(f"[yellow]preset {preset} has untrained random weights: the image is a smoke test, not art[/]")
@@ -136,20 +130,25 @@ def list_models() -> None:
 
 
 @app.command("fetch-models")
-def fetch_models(preset: Annotated[str, typer.Argument(help="Preset whose weights to download.")] = "default") -> None:
-    """Download a preset's weights into the cache (for machines that will run offline)."""
-    from vqclip.items import models_for_preset
+def fetch_models(
+    names: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Presets, VQGANs (e.g. imagenet_f16_1024) or open_clip MODEL/PRETRAINED names; default: the default preset."),
+    ] = None,
+) -> None:
+    """Download the weights of presets or single models into the cache (for machines that will run offline)."""
     from vqclip.models.download import ensure_files
-    from vqclip.models.loader import required_files
+    from vqclip.models.loader import named_files
     from vqclip.settings import get_settings
 
     settings = get_settings()
+    names = names or ["default"]
     with user_errors():
-        files = required_files(models_for_preset(preset), settings)
+        files = list(dict.fromkeys(wanted for name in names for wanted in named_files(name, settings)))
         ensure_files(files, settings)
     for wanted in files:
         console.print(f"cached {wanted.path}")
-    console.print(f"preset {preset}: all weights in {settings.cache_dir}")
+    console.print(f"{', '.join(names)}: all weights in {settings.cache_dir}")
 
 
 def _load_plan(manifest: str, storage: str, preset: Optional[str]):
@@ -214,7 +213,7 @@ def run(
     preset: Annotated[Optional[str], typer.Option(help="Override the manifest's preset.")] = None,
 ) -> None:
     """Run a manifest end to end in this process (Prefect's ephemeral API; no server needed)."""
-    if not _state["debug"]:
+    if not options["debug"]:
         # Failures reach the user as one message below; Prefect's own tracebacks are for --debug.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     from flows.api_server import temporary_api_server
@@ -255,7 +254,7 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
 
     from flows.api_server import prefect_api
     from flows.batch import batch_generate
-    from tasks.retry import PERMANENT
+    from vqclip.retry import is_permanent
 
     try:
         with user_errors(), prefect_api(server), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
@@ -274,7 +273,7 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
             console.print(_summary_table(storage, run_id))
     if not state.is_completed():
         # Bad input, missing weights or refused credentials fail the same way again: no resume hint.
-        permanent = isinstance(state.result(raise_on_failure=False), PERMANENT)
+        permanent = is_permanent(state.result(raise_on_failure=False))
         hint = "" if permanent or resume in (state.message or "") else f" Resume with: {resume}"
         errors.print(f"[bold red]error:[/] run {run_id} did not finish: {state.message}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)

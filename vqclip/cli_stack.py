@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from vqclip.cli_output import console, user_errors
 from vqclip.stack import DEFAULT_STATE_DIR, ENV_FILE
 
 _SECRETS = {"AWS_SECRET_ACCESS_KEY", "PREFECT_API_AUTH_STRING"}
@@ -17,7 +18,6 @@ def up(
     state_dir: Annotated[Path, typer.Option("--state-dir", help="Where pids, ports, logs, the database and the bucket's data live.")] = DEFAULT_STATE_DIR,
 ) -> None:
     """Start a Prefect server, SeaweedFS, the work pools, the deployments and workers on this machine."""
-    from vqclip.cli import console, user_errors
     from vqclip.stack import start_stack
 
     with user_errors(), console.status("starting the stack", spinner="dots") as status:
@@ -42,7 +42,6 @@ def down(
     state_dir: Annotated[Path, typer.Option("--state-dir", help="The folder `vqclip up` used.")] = DEFAULT_STATE_DIR,
 ) -> None:
     """Stop what `vqclip up` started (by pid, running flow runs included); data and logs stay in the state folder."""
-    from vqclip.cli import console, user_errors
     from vqclip.stack import load_state, stop_stack
 
     with user_errors():
@@ -59,7 +58,6 @@ def status(
     """Show each piece of the local stack (pid, up or down, restarts) and whether its API, store and workers answer; exit 1 if any does not."""
     from rich.table import Table
 
-    from vqclip.cli import console, user_errors
     from vqclip.stack import stack_health
 
     with user_errors():

@@ -4,6 +4,9 @@
 class VqclipError(Exception):
     """Base of every error the user should see as a message rather than a traceback."""
 
+    # What vqclip.retry reads: a retry fixes only a fault marked transient; bad input stays bad.
+    transient: bool = False
+
 
 class PromptError(VqclipError):
     """A weighted prompt string cannot be parsed."""
@@ -21,6 +24,12 @@ class StorageError(VqclipError):
     """The object store refused or failed an operation."""
 
 
+class TransientStorageError(StorageError):
+    """A storage failure that a later try may not meet (server down or overloaded, I/O fault)."""
+
+    transient = True
+
+
 class PermanentStorageError(StorageError):
     """A storage failure that retrying cannot fix (bad credentials, missing bucket)."""
 
@@ -34,4 +43,7 @@ class GenerationError(VqclipError):
 
 
 class Interrupted(VqclipError):
-    """SIGTERM or SIGINT stopped the run between steps; finished images are stored and the run can resume."""
+    """SIGTERM or SIGINT stopped the run between steps; finished images are stored and the run can resume.
+
+    Never retried in the stopping process: resuming the run is what picks the work up again.
+    """

@@ -3,14 +3,15 @@
 The algorithm of the reference implementations: a VQGAN latent starts from random codebook tokens
 (or an encoded init image), is quantised straight-through, decoded and clamped into [0, 1] with a
 gradient that only pulls values back into range; random cutouts are embedded by CLIP and pulled
-towards (or, for negative weights, pushed away from) the prompts' embeddings with a squared
-spherical distance; Adam(W) updates the latent, which is clamped to the codebook's range.
+towards (or, for negative weights, pushed away from) the prompts' embeddings (text, image and
+seeded-noise prompts) with a squared spherical distance; a torch optimiser (Adam unless the settings
+name another) updates the latent, which is clamped to the codebook's range.
 
 Items never interact: every loss term is per item and summed, the optimiser is element-wise, and
-every random draw comes from the item's own generator. On a CPU in fp32 an item therefore gives the
-same image alone or in any batch (pixels within 2 of 255). On CUDA it does not: cuDNN picks kernels
-by batch size and grid_sample's backward adds with atomics, and the nearest-code snap turns those
-last-bit differences into different images (measured on an H200: up to 255, mean 24 of 255 apart
+every random draw comes from the item's own generator. On a CPU in fp32, with one item per backward
+pass (the CPU default), an item therefore gives exactly the same pixels alone or in any batch. On
+CUDA it does not: cuDNN picks kernels by batch size and grid_sample's backward adds with atomics, and
+the nearest-code snap turns those last-bit differences into different images (measured on an H200: up to 255, mean 24 of 255 apart
 after 100 steps, strict fp32). The same seed then gives an image of the same kind, not the same
 pixels.
 """
@@ -75,6 +76,34 @@ def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
 
 
+OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "rmsprop": torch.optim.RMSprop,
+}
+"""The optimiser classes by the names `GenerationSettings.optimizer` takes."""
+
+
+def noise_embedding(seed: int, dim: int) -> torch.Tensor:
+    """The reference's noise prompt: a standard normal embedding drawn on the CPU from `seed`."""
+    return torch.empty(dim).normal_(generator=torch.Generator().manual_seed(seed))
+
+
+def prompt_loss(embeds: torch.Tensor, goal: torch.Tensor, weights: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """Per item, the reference's prompt loss of (items, cutouts, 1, dim) cutout embeddings against (items, parts, dim) targets.
+
+    Each part contributes |weight| times the mean over cutouts of its signed distance; the gradient is
+    that of max(signed distance, stop), so a part stops pulling once its distance is below its stop.
+    """
+    signed = spherical_distance(embeds, goal[:, None]) * weights.sign()[:, None]  # (items, cutouts, parts)
+    capped = _replace_grad(signed, torch.maximum(signed, stops[:, None]))
+    return (weights.abs() * capped.mean(1)).sum(1)
+
+
 @dataclass
 class Targets:
     """Per item, the embeddings to pull towards or push from, padded to the same count."""
@@ -133,19 +162,22 @@ def _to_pil(images: torch.Tensor) -> list[Image.Image]:
 def _targets(
     items: list[WorkItem], clip, images: Mapping[str, Image.Image], device: torch.device
 ) -> Targets:
-    """Embed every item's text and image prompts with one guide model."""
+    """Embed every item's text and image prompts with one guide model, and draw its noise prompts."""
     rows: list[list[tuple[torch.Tensor, float, float]]] = []
-    texts = sorted({part.text for item in items for part in item.parts})
-    text_embeds = dict(zip(texts, clip.embed_text(texts))) if texts else {}
+    texts = {part.text for item in items for part in item.parts}
+    # One text at a time: a batched text encoder rounds differently with the batch's size, and that
+    # last-bit difference would make an item's image depend on the other items' prompts.
+    text_embeds = {text: clip.embed_text([text])[0] for text in texts}
+    dim = next(iter(text_embeds.values())).shape[-1]
     for item in items:
         row = [(text_embeds[p.text], p.weight, p.stop) for p in item.parts]
         for prompt in item.image_prompts:
             pixels = _image_tensor(images[prompt.source], clip.image_size, clip.image_size, device)[None]
             with torch.no_grad():
                 row.append((clip.embed_images(pixels)[0].float(), prompt.weight, -math.inf))
+        row += [(noise_embedding(p.seed, dim).to(device), p.weight, -math.inf) for p in item.noise_prompts]
         rows.append(row)
     parts = max(len(row) for row in rows)
-    dim = rows[0][0][0].shape[-1]
     embeds = torch.zeros(len(items), parts, dim, device=device)
     weights = torch.zeros(len(items), parts, device=device)
     stops = torch.full((len(items), parts), -math.inf, device=device)
@@ -208,8 +240,7 @@ def generate(
     z_max = codebook.max(0).values[None, :, None, None]
     z = _initial_latents(items, models, generators, images, gen).requires_grad_(True)
     z_init = z.detach().clone()
-    optimiser_class = torch.optim.AdamW if gen.optimizer == "adamw" else torch.optim.Adam
-    optimiser = optimiser_class([z], lr=gen.lr)
+    optimiser = OPTIMISERS[gen.optimizer]([z], lr=gen.lr)
     history: list[torch.Tensor] = []
     frames: list[list[Image.Image]] = []
 
@@ -235,9 +266,7 @@ def generate(
                 embeds = accelerated.embed(guide, cutouts)
             embeds = embeds.float().view(count, gen.cutouts, 1, -1)
             goal, weights, stops = target.embeds[chunk], target.weights[chunk], target.stops[chunk]
-            signed = spherical_distance(embeds, goal[:, None]) * weights.sign()[:, None]  # (items, cutouts, parts)
-            capped = _replace_grad(torch.maximum(signed, stops[:, None]), signed)
-            loss = loss + guide_weight * (weights.abs() * capped.mean(1)).sum(1)
+            loss = loss + guide_weight * prompt_loss(embeds, goal, weights, stops)
             with torch.no_grad():
                 similarities.append(F.cosine_similarity(embeds.mean(1), goal, dim=-1))
         if gen.init_weight:
@@ -321,10 +350,11 @@ def _similarity_labels(items: list[WorkItem], models: Models) -> list[list[tuple
 
     The trace has one block of columns per guide, each as wide as the batch's longest target list.
     """
-    width = max(len(item.parts) + len(item.image_prompts) for item in items)
+    width = max(len(item.parts) + len(item.image_prompts) + len(item.noise_prompts) for item in items)
     labels = []
     for item in items:
         names = [p.text for p in item.parts] + [f"image:{p.source}" for p in item.image_prompts]
+        names += [f"noise:{p.seed}" for p in item.noise_prompts]
         labels.append(
             [(g * width + j, f"{clip.name}: {name}") for g, (clip, _) in enumerate(models.guides) for j, name in enumerate(names)]
         )

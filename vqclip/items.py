@@ -6,11 +6,17 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vqclip import __version__
 from vqclip.models.presets import get_preset, get_vqgan_spec, split_clip_name
 from vqclip.prompts import WeightedPrompt, format_prompt, parse_prompt
+
+
+Optimizer = Literal["adam", "adamw", "adagrad", "adamax", "nadam", "radam", "rmsprop"]
+"""The reference implementation's optimisers that torch.optim provides, by lower-case name."""
 
 
 class GenerationSettings(BaseModel):
@@ -24,7 +30,7 @@ class GenerationSettings(BaseModel):
     cutouts: int = Field(32, gt=0, le=256, description="Random cutouts CLIP sees per step.")
     cut_pow: float = Field(1.0, gt=0, description="Cutout size exponent; above 1 favours small cutouts.")
     lr: float = Field(0.1, gt=0, description="Learning rate.")
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Optimizer = Field("adam", description="Optimiser of the latent: adam, adamw, adagrad, adamax, nadam, radam or rmsprop.")
     augment: bool = Field(True, description="Flip, rotate, scale and shift cutouts.")
     noise_fac: float = Field(0.1, ge=0, description="Largest std of the noise added to cutouts.")
     init: Literal["tokens", "noise"] = Field("tokens", description="Start from random codes or pixel noise.")
@@ -97,6 +103,32 @@ class ImagePrompt(BaseModel):
     weight: float = 1.0
 
 
+class NoisePrompt(BaseModel):
+    """A random embedding drawn from `seed` that guides like a text prompt; "seed:weight" strings and bare seeds allowed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    seed: int = Field(ge=0, lt=2**63)
+    weight: float = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"seed": data}
+        if isinstance(data, str):
+            seed, sep, weight = data.partition(":")
+            return {"seed": seed.strip(), "weight": weight.strip()} if sep else {"seed": data.strip()}
+        return data
+
+    @field_validator("weight")
+    @classmethod
+    def _nonzero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("weight 0 does nothing; use a positive weight, or a negative one to push away")
+        return value
+
+
 class WorkItem(BaseModel):
     """One image to make: a prompt, a seed, the settings and models, and optional image inputs."""
 
@@ -110,6 +142,7 @@ class WorkItem(BaseModel):
     models: ModelSpec
     image_prompts: tuple[ImagePrompt, ...] = ()
     init_image: ImagePrompt | None = None
+    noise_prompts: tuple[NoisePrompt, ...] = ()
 
     @property
     def parts(self) -> list[WeightedPrompt]:
@@ -128,6 +161,8 @@ class WorkItem(BaseModel):
             "init_image": self.init_image.digest if self.init_image else None,
             "engine": __version__,
         }
+        if self.noise_prompts:  # only when used, so that the ids of items without them stay as they were
+            identity["noise_prompts"] = [(p.seed, p.weight) for p in self.noise_prompts]
         blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:20]
 

@@ -17,8 +17,8 @@ The format follows the file extension:
   header of run-level fields when it holds ``version``, ``name`` or ``defaults``.
 - ``.csv``: a header row, then one prompt per row. Columns are the prompt fields: ``text`` (required),
   ``id``, ``n``, ``seed``, ``seeds`` (separated by spaces or ``;``), ``image_prompts`` (``path:weight;path``),
-  ``init_image``, and any override: ``preset``, ``vqgan``, ``guides`` (separated by ``;``), ``scorer`` and the
-  generation settings (``width``, ``steps``, ...). An empty cell means "the default". CSV has no run level:
+  ``init_image``, ``noise_prompts`` (``seed:weight;seed``), and any override: ``preset``, ``vqgan``,
+  ``guides`` (separated by ``;``), ``scorer`` and the generation settings (``width``, ``steps``, ...). An empty cell means "the default". CSV has no run level:
   defaults are the built-in ones and the preset given to the loader.
 
 Models: the defaults, then the prompt, may each name a ``preset`` (replacing the models chosen so far) and
@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError, StorageError
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, WorkItem, models_for_preset
 from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
 from vqclip.prompts import check_token_length, parse_prompt
 from vqclip.settings import Settings, get_settings
@@ -171,6 +171,9 @@ class _Shared(_Strict):
     vqgan: str | None = None
     guides: Annotated[list[GuideEntry], Field(min_length=1)] | None = None
     scorer: str | None = None
+    noise_prompts: list[NoisePrompt] | None = Field(
+        None, description='Random embeddings that guide like prompts, as "seed:weight" (weight 1 if left out).'
+    )
 
     @field_validator("preset")
     @classmethod
@@ -262,6 +265,7 @@ class ManifestPrompt:
     models: ModelSpec
     image_prompts: tuple[tuple[str, float], ...] = ()
     init_image: str | None = None
+    noise_prompts: tuple[NoisePrompt, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,7 @@ class Manifest:
                     models=prompt.models,
                     image_prompts=images,
                     init_image=init,
+                    noise_prompts=prompt.noise_prompts,
                 )
                 for index, seed in enumerate(prompt.seeds)
             ]
@@ -480,7 +485,7 @@ def _pydantic_message(error: dict, root: type[BaseModel]) -> str:
     if kind == "missing":
         return "missing; this field is required"
     if kind == "extra_forbidden":
-        nested = {"guides": GuideEntry, "image_prompts": ImageEntry}
+        nested = {"guides": GuideEntry, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
         model = nested[loc[-3]] if len(loc) >= 3 and loc[-3] in nested else root
         return f"unknown field; allowed fields: {', '.join(sorted(model.model_fields))}"
     message = error["msg"].removeprefix("Value error, ")
@@ -579,7 +584,11 @@ def _yaml_lines(node: yaml.Node) -> tuple[dict[FieldPath, int], list[_Problem]]:
 
 
 def _yaml_error(file: str, exc: yaml.YAMLError) -> ManifestError:
-    mark = getattr(exc, "problem_mark", None)
+    mark, opened = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    # A file that ends inside an unclosed quote or bracket is wrong where that opened, not on its last line.
+    ended = mark is not None and mark.buffer is not None and mark.pointer >= len(mark.buffer) - 1
+    if ended and opened is not None:
+        mark = opened
     where = f"{file}:{mark.line + 1}" if mark is not None else file
     problem = ": ".join(filter(None, (getattr(exc, "context", None), getattr(exc, "problem", None)))) or str(exc)
     if isinstance(exc, yaml.constructor.ConstructorError):
@@ -657,7 +666,12 @@ def _read_jsonl(text: str, file: str) -> _Document:
 
 
 _SEMICOLONS = re.compile(r"\s*;\s*")
-_CSV_LISTS = {"seeds": re.compile(r"[\s;]+"), "image_prompts": _SEMICOLONS, "guides": _SEMICOLONS}
+_CSV_LISTS = {
+    "seeds": re.compile(r"[\s;]+"),
+    "image_prompts": _SEMICOLONS,
+    "guides": _SEMICOLONS,
+    "noise_prompts": _SEMICOLONS,
+}
 """CSV columns that hold lists, and what separates their items."""
 
 
@@ -879,6 +893,7 @@ class _Validator:
             models=models,
             image_prompts=tuple((image.path, image.weight) for image in entry.image_prompts),
             init_image=entry.init_image,
+            noise_prompts=tuple(_pick("noise_prompts", entry, defaults) or ()),
         )
 
     def _seeds(self, entry: PromptEntry, defaults: Defaults | None, prompt_id: str, path: FieldPath) -> tuple[int, ...]:

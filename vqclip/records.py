@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from vqclip import __version__
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, WorkItem
+from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, WorkItem
 
 SYNTHETIC_LABEL = "synthetic: untrained random weights (test/smoke preset), not a real generation"
 
@@ -34,9 +34,18 @@ def item_settings(item: WorkItem) -> dict:
         "models": item.models.model_dump(mode="json"),
         "image_prompts": [p.model_dump(mode="json") for p in item.image_prompts],
         "init_image": item.init_image.model_dump(mode="json") if item.init_image else None,
+        "noise_prompts": [p.model_dump(mode="json") for p in item.noise_prompts],
         "engine": f"vqclip {__version__}",
         "synthetic": SYNTHETIC_LABEL if item.models.synthetic else None,
     }
+
+
+class PromptPart(BaseModel):
+    """One parsed part of an item's prompt; `stop` is None when the part has none."""
+
+    text: str
+    weight: float
+    stop: float | None = None
 
 
 class ItemRecord(BaseModel):
@@ -46,11 +55,13 @@ class ItemRecord(BaseModel):
     prompt_id: str
     index: int
     prompt: str
+    parts: list[PromptPart] = []
     seed: int
     settings: GenerationSettings
     models: ModelSpec
     image_prompts: list[ImagePrompt] = []
     init_image: ImagePrompt | None = None
+    noise_prompts: list[NoisePrompt] = []
     image_key: str
     engine: str = f"vqclip {__version__}"
     synthetic: str | None = None
@@ -109,6 +120,8 @@ class PromptRanking(BaseModel):
 
     prompt_id: str
     prompt: str
+    scorer: str | None = None
+    """The CLIP model that scored these images (None in rankings from before each prompt named its own)."""
     images: list[RankedImage]
 
 
@@ -116,7 +129,6 @@ class Ranking(BaseModel):
     """`runs/<run-id>/ranking.json`."""
 
     run_id: str
-    scorer: str
     prompts: list[PromptRanking]
 
 

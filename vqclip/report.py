@@ -55,12 +55,13 @@ def gallery_html(run_id: str, ranking: Ranking, records: dict[str, ItemRecord], 
         f"<title>vqclip run {esc(run_id)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:.5em;width:260px;"
         "vertical-align:top}img{width:256px;image-rendering:pixelated}figcaption{font-size:.8em}</style>",
-        f"</head><body><h1>Run {esc(run_id)}</h1><p>Scored by {esc(ranking.scorer)}.</p>",
+        f"</head><body><h1>Run {esc(run_id)}</h1>",
     ]
     if synthetic:
         parts.append("<p><strong>Synthetic:</strong> made with untrained random weights (test/smoke preset).</p>")
     for prompt in ranking.prompts:
-        parts.append(f"<section><h2>{esc(prompt.prompt_id)}: {esc(prompt.prompt)}</h2>")
+        scorer = esc(prompt.scorer or "an unrecorded scorer")
+        parts.append(f"<section><h2>{esc(prompt.prompt_id)}: {esc(prompt.prompt)}</h2><p>Scored by {scorer}.</p>")
         for image in prompt.images:
             record = records[image.item_id]
             src = esc(image.image_key[len(relative_to) :] if image.image_key.startswith(relative_to) else image.image_key)

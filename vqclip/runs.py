@@ -112,11 +112,12 @@ def commit_result(
     settings["lr_used"] = result.item.settings.lr
     store.put_bytes(image_key, encode_png(result.image, settings), content_type="image/png")
     record = ItemRecord(
-        **{k: settings[k] for k in ("item_id", "prompt_id", "index", "prompt", "seed", "engine", "synthetic")},
+        **{k: settings[k] for k in ("item_id", "prompt_id", "index", "prompt", "parts", "seed", "engine", "synthetic")},
         settings=item.settings,
         models=item.models,
         image_prompts=list(item.image_prompts),
         init_image=item.init_image,
+        noise_prompts=list(item.noise_prompts),
         image_key=image_key,
         loss=result.loss,
         guide_similarity=result.similarity,
@@ -135,18 +136,19 @@ def write_record(store: ObjectStore, run_id: str, record: ItemRecord) -> None:
     put_json(store, layout.sidecar_key(run_id, record.item_id), record)
 
 
-def build_ranking(run_id: str, records: dict[str, ItemRecord], scorer: str) -> Ranking:
-    """Per prompt, its scored images best first."""
+def build_ranking(run_id: str, records: dict[str, ItemRecord]) -> Ranking:
+    """Per prompt, its scored images best first, with the scorer that scored them."""
     prompts = {r.prompt_id: r.prompt for r in records.values()}
-    entries = [Scored(r.prompt_id, r.item_id, r.score) for r in records.values() if r.score is not None]
-    ranked = rank(entries)
+    scored = [r for r in records.values() if r.score is not None]
+    scorers = {r.prompt_id: r.scorer for r in scored}
+    ranked = rank([Scored(r.prompt_id, r.item_id, r.score) for r in scored])
     return Ranking(
         run_id=run_id,
-        scorer=scorer,
         prompts=[
             PromptRanking(
                 prompt_id=prompt_id,
                 prompt=prompts[prompt_id],
+                scorer=scorers[prompt_id],
                 images=[
                     RankedImage(rank=i + 1, item_id=e.item_id, score=round(e.score, 4), image_key=records[e.item_id].image_key)
                     for i, e in enumerate(group)

@@ -82,9 +82,9 @@ def clip_weight_file(name: str, settings: Settings) -> Wanted | Path | None:
             return Path(cached)
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
         remote = RemoteFile(filename, (f"{endpoint}/{repo}/resolve/main/{filename}",))
-        return Wanted(remote, settings.clip_cache / repo.replace("/", "--"))
+        return Wanted(remote, settings.clip_cache / repo.replace("/", "--"), name)
     url = cfg["url"]
-    return Wanted(RemoteFile(url.rsplit("/", 1)[-1], (url,)), settings.clip_cache / model)
+    return Wanted(RemoteFile(url.rsplit("/", 1)[-1], (url,)), settings.clip_cache / model, name)
 
 
 def _random_clip(model: str) -> nn.Module:

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,10 +35,11 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Wanted:
-    """A remote file and the cache folder it belongs in."""
+    """A remote file, the cache folder it belongs in, and the model (as `vqclip fetch-models` names it) it is part of."""
 
     remote: RemoteFile
     folder: Path
+    model: str = field(compare=False)
 
     @property
     def path(self) -> Path:
@@ -153,8 +154,9 @@ def _missing_message(failed: list[tuple[Wanted, list[str]]]) -> str:
         lines.append(f"  {wanted.remote.filename}: put it at {wanted.path}")
         lines.extend(f"    from {url}" for url in wanted.remote.urls)
         lines.extend(f"    ({reason})" for reason in reasons)
+    models = " ".join(dict.fromkeys(wanted.model for wanted, _ in failed))
     lines.append(
-        "On a machine with internet, run `vqclip fetch-models PRESET` and copy the cache folder "
+        f"On a machine with internet, run `vqclip fetch-models {models}` and copy the cache folder "
         "(VQCLIP_CACHE_DIR) here; or use `--preset tiny` for an offline smoke run."
     )
     return "\n".join(lines)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from vqclip.errors import ModelError
 from vqclip.items import ModelSpec, models_for_preset
 from vqclip.models.clip import ClipModel, build_clip, clip_weight_file
 from vqclip.models.download import Wanted, ensure_files
-from vqclip.models.presets import RANDOM, get_vqgan_spec, split_clip_name
+from vqclip.models.presets import PRESETS, RANDOM, VQGANS, get_vqgan_spec, split_clip_name
 from vqclip.models.vqgan import VQGAN, build_vqgan, load_vqgan
 from vqclip.settings import Settings, get_settings
 
@@ -57,13 +58,29 @@ def required_files(spec: ModelSpec, settings: Settings, include_scorer: bool = T
     wanted: list[Wanted] = []
     vq = get_vqgan_spec(spec.vqgan)
     if not spec.random_weights and vq.checkpoint is not None:
-        wanted += [Wanted(vq.config, settings.vqgan_cache), Wanted(vq.checkpoint, settings.vqgan_cache)]
+        wanted += [Wanted(vq.config, settings.vqgan_cache, vq.name), Wanted(vq.checkpoint, settings.vqgan_cache, vq.name)]
     names = [name for name, _ in spec.guides] + ([spec.scorer] if include_scorer else [])
     for name in names:
         source = clip_weight_file(_clip_name(name, spec.random_weights), settings)
         if isinstance(source, Wanted) and source not in wanted:
             wanted.append(source)
     return wanted
+
+
+def named_files(name: str, settings: Settings) -> list[Wanted]:
+    """The weight files of a preset, a VQGAN or an open_clip ``MODEL/PRETRAINED`` model, by name."""
+    if name in PRESETS:
+        return required_files(models_for_preset(name), settings)
+    if name in VQGANS:
+        vq = VQGANS[name]
+        return [] if vq.checkpoint is None else [Wanted(f, settings.vqgan_cache, name) for f in (vq.config, vq.checkpoint)]
+    if "/" not in name:
+        raise ModelError(
+            f"unknown model {name!r}; give a preset ({', '.join(PRESETS)}), a VQGAN ({', '.join(VQGANS)}) "
+            "or an open_clip MODEL/PRETRAINED name such as ViT-B-32/laion2b_s34b_b79k"
+        )
+    source = clip_weight_file(name, settings)
+    return [source] if isinstance(source, Wanted) else []
 
 
 def _vqgan(spec: ModelSpec, settings: Settings, device: torch.device) -> VQGAN:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from vqclip.errors import ObjectNotFound, StorageError
+from vqclip.errors import ObjectNotFound, StorageError, TransientStorageError
 from vqclip.storage.base import validate_key, validate_prefix
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,10 @@ TEMP_PREFIX = ".vqclip-tmp-"
 
 
 class LocalStore:
-    """An object store in a local (or mounted) folder; the default when no S3 is configured."""
+    """An object store in a local (or mounted) folder; the default when no S3 is configured.
+
+    The operating system's I/O failures are transient: a mounted folder comes back, a full disk is freed.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
@@ -52,7 +55,7 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(f"no object {key!r} in {self.uri}") from None
         except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+            raise TransientStorageError(f"cannot read {path}: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under `key`."""
@@ -66,7 +69,7 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"no object {key!r} in {self.uri}") from None
         except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+            raise TransientStorageError(f"cannot read {path}: {exc.strerror}") from exc
         if not stat.S_ISREG(found.st_mode):
             raise ObjectNotFound(f"no object {key!r} in {self.uri}")
         return found.st_size
@@ -91,7 +94,7 @@ class LocalStore:
         except NotADirectoryError:
             pass
         except OSError as exc:
-            raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
+            raise TransientStorageError(f"cannot delete {path}: {exc.strerror}") from exc
 
     def claim(self, src_key: str, dst_key: str) -> bool:
         """Move `src_key` to `dst_key` unless another caller got the source first or `dst_key` exists."""
@@ -116,7 +119,7 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError as exc:
-            raise StorageError(f"cannot claim {src}: {exc.strerror}") from exc
+            raise TransientStorageError(f"cannot claim {src}: {exc.strerror}") from exc
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             # link, unlike rename, refuses to replace an earlier claim under the same key.
@@ -127,7 +130,7 @@ class LocalStore:
             return False
         except OSError as exc:
             os.rename(held, src)
-            raise StorageError(f"cannot claim {src} as {dst}: {exc.strerror}") from exc
+            raise TransientStorageError(f"cannot claim {src} as {dst}: {exc.strerror}") from exc
         os.unlink(held)
         return True
 
@@ -150,7 +153,7 @@ class LocalStore:
             # O_EXCL on a fresh name: no other writer shares this file; 0o666 lets the umask decide.
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc.strerror}; check that {self.root} is a writable folder") from exc
+            raise TransientStorageError(f"cannot write {path}: {exc.strerror}; check that {self.root} is a writable folder") from exc
         try:
             with os.fdopen(fd, "wb") as out:
                 fill(out)
@@ -159,7 +162,7 @@ class LocalStore:
             os.replace(temp, path)
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise TransientStorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
         except BaseException:
             temp.unlink(missing_ok=True)
             raise

@@ -16,7 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
 
-from vqclip.errors import ObjectNotFound, PermanentStorageError, StorageError
+from vqclip.errors import ObjectNotFound, PermanentStorageError, StorageError, TransientStorageError
 from vqclip.storage.base import validate_key, validate_prefix
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class S3Store:
                 # The transfer manager wraps the ClientError; unwrap it so it maps like any other.
                 if isinstance(exc.__context__, ClientError):
                     raise self._client_error(exc.__context__, "write", key) from exc
-                raise StorageError(f"upload of {key!r} to {self.url(key)} failed; try again") from exc
+                raise TransientStorageError(f"upload of {key!r} to {self.url(key)} failed; try again") from exc
 
     def get_bytes(self, key: str) -> bytes:
         """The object under `key`; `ObjectNotFound` when there is none."""
@@ -250,7 +250,7 @@ class S3Store:
                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for an identity that may use this bucket"
             ) from exc
         except BotoCoreError as exc:
-            raise StorageError(
+            raise TransientStorageError(
                 f"could not {_what(action, key)} in {self.uri}: S3 endpoint {self.endpoint} did not answer "
                 f"({type(exc).__name__}) after boto3's retries; check that the server is up and "
                 "VQCLIP_S3_ENDPOINT_URL is right, then retry"
@@ -275,7 +275,8 @@ class S3Store:
             )
         if code in _UNFIXABLE_CODES:
             return PermanentStorageError(f"S3 {where} refused to {_what(action, key)}: {code} (HTTP {status})")
-        return StorageError(
+        # Throttling, 5xx and any code not known to be final: boto3's retries ran out, a later try may not.
+        return TransientStorageError(
             f"S3 {where} failed to {_what(action, key)}: {code} (HTTP {status}) after boto3's retries; retry later"
         )
 

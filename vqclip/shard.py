@@ -1,0 +1,131 @@
+"""One shard start to finish: its items not yet stored are generated and committed, with every recovery rule.
+
+Recovery: a batch that runs out of memory is halved; a single item that still does not fit runs
+again with the decoder's activations recomputed (checkpointing: about half the memory at 512 px);
+an item whose loss became non-finite restarts once from its seed at half the learning rate, then
+fails alone with the reason. Finished images are stored on background threads while the next batch
+computes, each commit tried again on transient faults (vqclip.retry), so a storage outage costs no
+GPU work; the shard is left, however it ends, only once the queued commits are done. A stop request
+(vqclip.shutdown) ends it at the next optimisation step with Interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from vqclip import generate as engine
+from vqclip import shutdown
+from vqclip.batching import batch_size, batches
+from vqclip.generate import GenerationResult, ProgressCallback
+from vqclip.items import ModelSpec, WorkItem
+from vqclip.models.loader import Models
+from vqclip.records import ShardOutcome
+from vqclip.retry import retry_transient
+from vqclip.runs import commit_result, pending_items, read_inputs
+from vqclip.settings import Settings
+from vqclip.storage import ObjectStore
+from vqclip.uploader import BackgroundUploader
+
+Log = logging.Logger | logging.LoggerAdapter
+
+
+def run_shard(
+    items: list[WorkItem],
+    run_id: str,
+    store: ObjectStore,
+    models: Callable[[ModelSpec], Models],
+    config: Settings,
+    log: Log,
+    progress: ProgressCallback | None = None,
+) -> ShardOutcome:
+    """Generate the items of `items` not yet stored in run `run_id` and commit each (PNG first, sidecar last).
+
+    `models` gives the loaded models for the shard's spec; it is called only when an item is pending,
+    so a finished shard loads nothing. `progress` hears each batch's optimisation steps.
+    """
+    shutdown.check()
+    todo = pending_items(store, run_id, items)
+    if not todo:
+        log.info("all %d items already done", len(items))
+        return ShardOutcome(done=[i.item_id for i in items], failed={})
+    started = time.perf_counter()
+    loaded = models(todo[0].models)
+    shutdown.check()
+    log.info(
+        "models ready in %.1f s; generating %d of %d items on %s",
+        time.perf_counter() - started,
+        len(todo),
+        len(items),
+        loaded.device,
+    )
+    size = batch_size(loaded, todo, config)
+    if size < len(todo):
+        log.info("%d items in batches of %d (what fits in the device's free memory)", len(todo), size)
+    failed: dict[str, str] = {}
+    with BackgroundUploader(config.upload_queue) as uploads:
+        shard = _Shard(store, run_id, loaded, log, uploads, progress)
+        for batch in batches(todo, size):
+            failed |= shard.run(batch, config)
+    return ShardOutcome(done=[i.item_id for i in items if i.item_id not in failed], failed=failed)
+
+
+class _Shard:
+    """What every batch of one shard shares: where results go, the models, the log and the upload threads."""
+
+    def __init__(
+        self, store: ObjectStore, run_id: str, models: Models, log: Log, uploads: BackgroundUploader, progress: ProgressCallback | None
+    ) -> None:
+        self.store, self.run_id, self.models, self.log, self.uploads, self.progress = store, run_id, models, log, uploads, progress
+
+    def run(self, items: list[WorkItem], config: Settings) -> dict[str, str]:
+        """Generate `items` as one batch and queue each finished image's commit; return failed items' errors."""
+        try:
+            results = self._generate(items, config)
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            if self.models.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(items) > 1:
+                half = len(items) // 2
+                self.log.warning("out of memory with %d items; retrying as %d + %d", len(items), half, len(items) - half)
+                return self.run(items[:half], config) | self.run(items[half:], config)
+            side = max(items[0].settings.width, items[0].settings.height)
+            if 0 < config.checkpoint_side <= side:
+                raise
+            self.log.warning("out of memory with one %d px item; retrying with decoder checkpointing", side)
+            return self.run(items, config.model_copy(update={"checkpoint_side": side}))
+        failed = {}
+        for item, result in zip(items, results):
+            attempt = 1
+            if not result.ok:
+                slower = item.settings.model_copy(update={"lr": item.settings.lr / 2})
+                self.log.warning("item %s: %s; restarting it from its seed at lr %g", item.item_id, result.error, slower.lr)
+                (result,) = self._generate([item.model_copy(update={"settings": slower})], config)
+                attempt = 2
+            if result.ok:
+                self.uploads.submit(self._commit, item, result, attempt)
+            else:
+                failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"
+        return failed
+
+    def _generate(self, items: list[WorkItem], config: Settings) -> list[GenerationResult]:
+        images = read_inputs(self.store, self.run_id, items)
+        return engine.generate(items, self.models, config, images=images, progress=self.progress)
+
+    def _commit(self, item: WorkItem, result: GenerationResult, attempt: int) -> None:
+        # Runs on an upload thread, not as a Prefect task: task runs per image were two thirds of a
+        # run's task runs, and the API server's work for them took CPU time from generation.
+        retry_transient(
+            lambda: commit_result(self.store, self.run_id, item, result, str(self.models.device), attempt),
+            f"storing item {item.item_id}",
+            self.log,
+        )
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
