@@ -12,10 +12,10 @@ from tasks.retry import retried
 from vqclip import layout
 from vqclip.images import decode_image
 from vqclip.items import WorkItem
-from vqclip.records import ItemRecord, Ranking, RunIndex
+from vqclip.records import IndexEntry, ItemRecord, Ranking, RunIndex
 from vqclip.report import contact_sheet, gallery_html, markdown_text
 from vqclip.runs import build_index, build_ranking, put_json
-from vqclip.storage import open_store
+from vqclip.storage import ObjectStore, open_store
 
 
 @task(**retried("write-reports"))
@@ -54,24 +54,27 @@ def _key_for(run_id: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in run_id.lower())[:80]
 
 
+def _row(store: ObjectStore, entry: IndexEntry, record: ItemRecord | None) -> dict:
+    """One image's line in the run's table artifact."""
+    return {
+        "prompt_id": entry.prompt_id,
+        "prompt": record.prompt if record else "",
+        "seed": entry.seed,
+        "score": entry.score,
+        "scorer": record.scorer if record else "",
+        "rank": entry.rank,
+        "state": entry.state,
+        "image": store.url(entry.image_key) if entry.image_key else "",
+        "video": store.url(record.video_key) if record and record.video_key else "",
+        "item_id": entry.item_id,
+    }
+
+
 @task(name="publish-artifacts", cache_policy=NO_CACHE, persist_result=False)
 def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranking, records: dict[str, ItemRecord]) -> None:
     """A table of every image (prompt, seed, score, rank, location) and a markdown summary of the best."""
     store = open_store(storage)
-    rows = [
-        {
-            "prompt_id": entry.prompt_id,
-            "prompt": records[entry.item_id].prompt if entry.item_id in records else "",
-            "seed": entry.seed,
-            "score": entry.score,
-            "scorer": records[entry.item_id].scorer if entry.item_id in records else "",
-            "rank": entry.rank,
-            "state": entry.state,
-            "image": store.url(entry.image_key) if entry.image_key else "",
-            "item_id": entry.item_id,
-        }
-        for entry in index.items
-    ]
+    rows = [_row(store, entry, records.get(entry.item_id)) for entry in index.items]
     create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank")
     md = markdown_text  # every string below may come from a manifest or a user: rendered as text, never markup
     lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done.", ""]

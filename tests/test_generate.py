@@ -231,3 +231,29 @@ def test_noise_prompts_draw_the_references_embeddings_and_guide_the_image(tiny_m
     assert np.array_equal(pixels(with_noise), pixels(again))
     assert "tiny-clip-a/random: noise:123" in with_noise.similarity
     assert noisy.item_id != plain.item_id
+
+
+def test_a_prompt_schedule_switches_prompts_every_change_every_steps(tiny_models, monkeypatch):
+    """Each step's loss uses the embeddings of the prompt whose turn it is, each text embedded once."""
+    embedded, used = [], []
+    real_at = generate_module.Targets.at
+
+    def recording_at(self, step, change_every):
+        picked = real_at(self, step, change_every)
+        used.append(picked[0][0, 0].clone())
+        return picked
+
+    monkeypatch.setattr(generate_module.Targets, "at", recording_at)
+    settings = SETTINGS.model_copy(update={"steps": 6, "change_every": 2})
+    clip = tiny_models.guides[0][0]
+    real_embed = clip.embed_text
+    monkeypatch.setattr(clip, "embed_text", lambda texts: embedded.append(texts) or real_embed(texts))
+    (scheduled,) = generate([item("a forest ^ a city", 1, settings)], tiny_models)
+    forest, city = real_embed(["a forest"])[0], real_embed(["a city"])[0]
+    expected = [forest, forest, city, city, forest, forest]
+    assert all(torch.equal(got, want) for got, want in zip(used, expected)) and len(used) == 6
+    assert sorted(embedded) == [["a city"], ["a forest"]]
+    monkeypatch.undo()
+    (alone,) = generate([item("a forest", 1, settings)], tiny_models)
+    assert (pixels(scheduled) != pixels(alone)).any()
+    assert list(scheduled.similarity) == ["tiny-clip-a/random: a forest"]

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from vqclip.cli import app
 from vqclip.errors import ManifestError, ObjectNotFound
-from vqclip.items import GenerationSettings, models_for_preset
+from vqclip.items import GenerationSettings, Video, models_for_preset
+from vqclip.prompts import WeightedPrompt
 from vqclip.manifest import (
     Defaults,
     PromptEntry,
@@ -26,7 +27,7 @@ from vqclip.settings import Settings, get_settings
 from vqclip.storage import open_store
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-EXAMPLE_FILES = ["quickstart.yaml", "prompts.json", "prompts.jsonl", "prompts.csv"]
+EXAMPLE_FILES = ["quickstart.yaml", "prompts.json", "prompts.jsonl", "prompts.csv", "story.yaml"]
 
 
 def load(text: str | bytes, name: str = "m.yaml", base_dir: Path | None = None, **kwargs):
@@ -834,3 +835,32 @@ def test_yaml_aliases_do_not_blow_up():
     lines += [f"{chr(98 + k)}: &{chr(98 + k)} [{', '.join(['*' + chr(97 + k)] * 9)}]" for k in range(8)]
     message = error_of("\n".join(lines) + "\nprompts: [a fox]\n")
     assert "m.yaml:1: a: unknown field" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("defaults: {video: 3, save_every: 5}\nprompts: [a fox]\n", "m.yaml:1: defaults.video: video is true, false or a mapping such as {fps: 12}, not 3"),
+        ("prompts: [{text: a fox, save_every: 5, video: {fps: 0}}]\n", "prompts[0].video.fps: Input should be greater than 0"),
+        ("prompts: [{text: a fox, save_every: 5, video: {rate: 3}}]\n", "prompts[0].video.rate: unknown field; allowed fields: fps"),
+        ("prompts: [{text: a fox, video: true}]\n", "prompts[0].video: video is made of the frames, and save_every is 0"),
+        ("prompts: ['a forest ^ a city']\n", "prompts[0].text: the text is a schedule of 2 prompts separated by '^', and change_every is 0"),
+        ("defaults: {steps: 20, change_every: 20}\nprompts: ['a forest ^ a city']\n", "defaults.change_every: change_every is 20, not less than the 20 steps"),
+        ("prompts: [{text: a fox, change_every: -1}]\n", "prompts[0].change_every: Input should be greater than or equal to 0"),
+        ("prompts: [{text: 'a forest ^ ', change_every: 5}]\n", "prompts[0].text: scheduled prompt 2 of 2: the prompt is empty"),
+        (f"prompts: [{{text: 'a forest ^ {'fox ' * 80}', change_every: 5}}]\n", "scheduled prompt 2 of 2: prompt part 1 is 80 CLIP tokens long"),
+        ("prompts: [{text: \"a forest ^ a \\x01city\", change_every: 5}]\n", "prompts[0].text: character 14 is U+0001"),
+    ],
+)
+def test_bad_video_and_prompt_schedules_are_reported(content, expected):
+    assert expected in error_of(content)
+
+
+def test_a_prompt_schedule_is_part_of_the_item_id_and_video_only_when_set():
+    plain, scheduled, literal = load(
+        "defaults: {steps: 20, change_every: 5}\nprompts: [a forest, 'a forest ^ a city', 'a forest \\^ a city']\n", preset="tiny"
+    ).plan()
+    assert scheduled.schedule[1][0].text == "a city" and literal.schedule == [[WeightedPrompt("a forest ^ a city")]]
+    assert len({plain.item_id, scheduled.item_id, literal.item_id}) == 3
+    video = plain.settings.model_copy(update={"save_every": 5, "video": Video()})
+    assert plain.model_copy(update={"settings": video}).item_id != plain.item_id  # an item done without its video is not done

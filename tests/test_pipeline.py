@@ -227,3 +227,30 @@ def test_the_sidecar_carries_the_parsed_prompt_as_the_png_does(tmp_path):
     sidecar = json.loads(store.get_bytes(layout.sidecar_key("parts", item.item_id)))
     assert sidecar["parts"] == expected == read_png_metadata(store.get_bytes(record.image_key))["parts"]
     assert sidecar["noise_prompts"] == [{"seed": 3, "weight": 0.5}]
+
+
+def test_frames_and_video_are_committed_before_the_sidecar_and_listed_in_it(tmp_path, tiny_models, monkeypatch):
+    import io
+    import logging
+
+    import av
+
+    from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+    from vqclip.settings import Settings
+
+    settings = GenerationSettings(width=64, height=64, steps=6, cutouts=4, save_every=2, video={"fps": 4})
+    item = WorkItem(prompt_id="fox", prompt="a red fox", seed=1, settings=settings, models=models_for_preset("tiny"))
+    store = open_store(str(tmp_path / "out"))
+    written = []
+    put = type(store).put_bytes
+    monkeypatch.setattr(type(store), "put_bytes", lambda self, key, *a, **k: written.append(key) or put(self, key, *a, **k))
+    outcome = shard.run_shard([item], "frames", store, lambda _: tiny_models, Settings(), logging.getLogger("test"))
+    assert outcome.done == [item.item_id]
+    record = ItemRecord.model_validate_json(store.get_bytes(layout.sidecar_key("frames", item.item_id)))
+    frames = [layout.frame_key("frames", item.item_id, step) for step in (2, 4)]
+    assert record.frame_keys == frames and frames[0].endswith(f"items/{item.item_id}/frames/00002.png")
+    assert record.video_key == layout.video_key("frames", item.item_id)
+    assert written == [record.image_key, *frames, record.video_key, layout.sidecar_key("frames", item.item_id)]
+    with av.open(io.BytesIO(store.get_bytes(record.video_key))) as video:
+        decoded = [frame.to_image() for frame in video.decode(video=0)]
+    assert len(decoded) == 3 and decoded[0].size == (64, 64)  # two frames and the final image

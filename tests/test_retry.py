@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 
 from tasks import planning
 from vqclip.errors import (
@@ -41,7 +44,7 @@ def test_errors_say_whether_a_retry_can_fix_them(error, transient, permanent):
 
 
 @pytest.fixture
-def attempts(monkeypatch, prefect_api) -> list[str]:
+def attempts(monkeypatch, prefect_api) -> Iterator[list[str]]:
     """The manifests prepare-run tried to read, one per attempt (first tries and Prefect's retries)."""
     tried: list[str] = []
     original = planning.read_manifest_source
@@ -51,7 +54,9 @@ def attempts(monkeypatch, prefect_api) -> list[str]:
         return original(reference, store)
 
     monkeypatch.setattr(planning, "read_manifest_source", counting)
-    return tried
+    # The task runs outside a flow here: its logs have no flow run to go to, and that is fine.
+    with temporary_settings(updates={PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+        yield tried
 
 
 def prepare(manifest: str, storage: str, run_id: str | None):

@@ -56,6 +56,7 @@ def generate(
     seed: Annotated[int, typer.Option(min=0)] = 0,
     cutouts: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 0.1,
+    change_every: Annotated[int, typer.Option(min=0, help="Steps each prompt of an 'a ^ b' schedule guides.")] = 0,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("vqclip-output/image.png"),
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).")] = None,
 ) -> None:
@@ -64,7 +65,7 @@ def generate(
 
     from vqclip.items import GenerationSettings, WorkItem, models_for_preset
     from vqclip.models.loader import load_models
-    from vqclip.prompts import check_token_length, parse_prompt
+    from vqclip.prompts import parse_schedule
     from vqclip.runs import load_record
     from vqclip.settings import get_settings
     from vqclip.shard import run_shard
@@ -72,11 +73,12 @@ def generate(
 
     width, height = _parse_size(size)
     with user_errors():
-        check_token_length(parse_prompt(prompt))
+        if len(parse_schedule(prompt, check_tokens=True)) > 1 and not change_every:
+            raise VqclipError("the prompt is a schedule separated by '^'; give --change-every, the steps each prompt guides")
         spec = models_for_preset(preset)
         if width % spec.factor or height % spec.factor:
             raise VqclipError(f"--size {size}: width and height must be multiples of {spec.factor} for preset {preset}")
-        settings = GenerationSettings(width=width, height=height, steps=steps, cutouts=cutouts, lr=lr)
+        settings = GenerationSettings(width=width, height=height, steps=steps, cutouts=cutouts, lr=lr, change_every=change_every)
         item = WorkItem(prompt_id="cli", prompt=prompt, seed=seed, settings=settings, models=spec)
         with console.status(f"loading models ({preset})", spinner="dots"):
             models = load_models(spec, device=device, include_scorer=False)

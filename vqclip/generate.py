@@ -34,6 +34,7 @@ from vqclip.cutouts import make_cutouts
 from vqclip.errors import GenerationError
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.loader import Models
+from vqclip.prompts import stage_at
 from vqclip.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,21 @@ def prompt_loss(embeds: torch.Tensor, goal: torch.Tensor, weights: torch.Tensor,
 
 @dataclass
 class Targets:
-    """Per item, the embeddings to pull towards or push from, padded to the same count."""
+    """Per item and per prompt of its schedule, the embeddings to pull towards or push from, padded to the same count."""
 
-    embeds: torch.Tensor  # (batch, parts, dim)
-    weights: torch.Tensor  # (batch, parts); 0 marks padding
-    stops: torch.Tensor  # (batch, parts)
+    embeds: torch.Tensor  # (batch, stages, parts, dim)
+    weights: torch.Tensor  # (batch, stages, parts); 0 marks padding
+    stops: torch.Tensor  # (batch, stages, parts)
+    stages: list[int]  # per item, how many prompts its schedule has
+    _picked: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    def at(self, step: int, change_every: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each item's (embeds, weights, stops) of the prompt that guides `step`, each (batch, parts, ...)."""
+        index = tuple(stage_at(step, change_every, count) for count in self.stages)
+        if index not in self._picked:  # a schedule has few distinct turns: build each once, not per step
+            rows, picks = range(len(index)), list(index)
+            self._picked[index] = (self.embeds[rows, picks], self.weights[rows, picks], self.stops[rows, picks])
+        return self._picked[index]
 
 
 @dataclass
@@ -162,29 +173,36 @@ def _to_pil(images: torch.Tensor) -> list[Image.Image]:
 def _targets(
     items: list[WorkItem], clip, images: Mapping[str, Image.Image], device: torch.device
 ) -> Targets:
-    """Embed every item's text and image prompts with one guide model, and draw its noise prompts."""
-    rows: list[list[tuple[torch.Tensor, float, float]]] = []
-    texts = {part.text for item in items for part in item.parts}
+    """Embed every item's text and image prompts with one guide model, and draw its noise prompts.
+
+    Each text is embedded once, however many items and scheduled prompts use it; image and noise
+    prompts guide alongside every prompt of a schedule.
+    """
+    schedules = [item.schedule for item in items]
+    texts = {part.text for schedule in schedules for parts in schedule for part in parts}
     # One text at a time: a batched text encoder rounds differently with the batch's size, and that
     # last-bit difference would make an item's image depend on the other items' prompts.
     text_embeds = {text: clip.embed_text([text])[0] for text in texts}
     dim = next(iter(text_embeds.values())).shape[-1]
-    for item in items:
-        row = [(text_embeds[p.text], p.weight, p.stop) for p in item.parts]
+    rows: list[list[list[tuple[torch.Tensor, float, float]]]] = []
+    for item, schedule in zip(items, schedules):
+        extra = []
         for prompt in item.image_prompts:
             pixels = _image_tensor(images[prompt.source], clip.image_size, clip.image_size, device)[None]
             with torch.no_grad():
-                row.append((clip.embed_images(pixels)[0].float(), prompt.weight, -math.inf))
-        row += [(noise_embedding(p.seed, dim).to(device), p.weight, -math.inf) for p in item.noise_prompts]
-        rows.append(row)
-    parts = max(len(row) for row in rows)
-    embeds = torch.zeros(len(items), parts, dim, device=device)
-    weights = torch.zeros(len(items), parts, device=device)
-    stops = torch.full((len(items), parts), -math.inf, device=device)
-    for i, row in enumerate(rows):
-        for j, (embed, weight, stop) in enumerate(row):
-            embeds[i, j], weights[i, j], stops[i, j] = embed, weight, stop
-    return Targets(embeds, weights, stops)
+                extra.append((clip.embed_images(pixels)[0].float(), prompt.weight, -math.inf))
+        extra += [(noise_embedding(p.seed, dim).to(device), p.weight, -math.inf) for p in item.noise_prompts]
+        rows.append([[(text_embeds[p.text], p.weight, p.stop) for p in parts] + extra for parts in schedule])
+    stages = max(len(schedule) for schedule in rows)
+    parts = max(len(row) for schedule in rows for row in schedule)
+    embeds = torch.zeros(len(items), stages, parts, dim, device=device)
+    weights = torch.zeros(len(items), stages, parts, device=device)
+    stops = torch.full((len(items), stages, parts), -math.inf, device=device)
+    for i, schedule in enumerate(rows):
+        for k, row in enumerate(schedule):
+            for j, (embed, weight, stop) in enumerate(row):
+                embeds[i, k, j], weights[i, k, j], stops[i, k, j] = embed, weight, stop
+    return Targets(embeds, weights, stops, [len(schedule) for schedule in rows])
 
 
 def _initial_latents(
@@ -252,8 +270,8 @@ def generate(
             decoded = accelerated.decode(quantised)
         return _ClampWithGrad.apply(decoded.float().add(1).div(2), 0.0, 1.0)
 
-    def chunk_loss(chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-item losses and guide similarities of the items in `chunk`."""
+    def chunk_loss(chunk: slice, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-item losses and guide similarities of the items in `chunk` at `step`."""
         count = len(range(*chunk.indices(len(items))))
         pixels = decode(z[chunk])
         loss = torch.zeros(count, device=device)
@@ -265,7 +283,7 @@ def generate(
             with autocast:
                 embeds = accelerated.embed(guide, cutouts)
             embeds = embeds.float().view(count, gen.cutouts, 1, -1)
-            goal, weights, stops = target.embeds[chunk], target.weights[chunk], target.stops[chunk]
+            goal, weights, stops = (tensor[chunk] for tensor in target.at(step, gen.change_every))
             loss = loss + guide_weight * prompt_loss(embeds, goal, weights, stops)
             with torch.no_grad():
                 similarities.append(F.cosine_similarity(embeds.mean(1), goal, dim=-1))
@@ -278,12 +296,12 @@ def generate(
     size = runtime.micro_batch or (len(items) if device.type == "cuda" else 1)
     chunks = [slice(start, start + size) for start in range(0, len(items), size)]
 
-    def gradients() -> tuple[torch.Tensor, torch.Tensor]:
-        """Fill z.grad for one step; return the per-item losses and similarities."""
+    def gradients(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill z.grad for `step`; return the per-item losses and similarities."""
         optimiser.zero_grad(set_to_none=True)
         losses, similarities = [], []
         for chunk in chunks:
-            loss, similarity = chunk_loss(chunk)
+            loss, similarity = chunk_loss(chunk, step)
             loss.sum().backward()
             losses.append(loss.detach())
             similarities.append(similarity)
@@ -292,22 +310,22 @@ def generate(
     def first_gradients() -> tuple[torch.Tensor, torch.Tensor]:
         """The first step compiles, if asked to; if compiling fails, the step reruns eagerly from the same draws."""
         if not accelerated.compile:
-            return gradients()
+            return gradients(0)
         states = [generator.get_state() for generator in generators]
         try:
-            return gradients()
+            return gradients(0)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - any compiler failure; eager mode is the fallback
             accelerated.fall_back_to_eager(exc)
             for generator, state in zip(generators, states):
                 generator.set_state(state)
-            return gradients()
+            return gradients(0)
 
     per_item_loss = torch.zeros(len(items), device=device)
     for step in range(gen.steps):
         shutdown.check()
-        per_item_loss, similarity = first_gradients() if step == 0 else gradients()
+        per_item_loss, similarity = first_gradients() if step == 0 else gradients(step)
         optimiser.step()
         with torch.no_grad():
             z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
@@ -324,7 +342,8 @@ def generate(
     losses = per_item_loss.detach().cpu()
     finite = torch.isfinite(losses) & torch.isfinite(z.detach()).flatten(1).all(1).cpu()
     seconds = (time.perf_counter() - started) / len(items)
-    labels = _similarity_labels(items, models)
+    first_labels = _similarity_labels(items, models, 0)
+    labels = _similarity_labels(items, models, gen.steps - 1)
     results = []
     for i, item in enumerate(items):
         named = labels[i]
@@ -335,7 +354,7 @@ def generate(
                 image=final[i] if error is None else None,
                 loss=float(losses[i]),
                 similarity={name: float(trace[-1, i, j]) for j, name in named},
-                first_similarity={name: float(trace[0, i, j]) for j, name in named},
+                first_similarity={name: float(trace[0, i, j]) for j, name in first_labels[i]},
                 seconds=seconds,
                 error=error,
                 frames=[frame[i] for frame in frames],
@@ -345,15 +364,18 @@ def generate(
     return results
 
 
-def _similarity_labels(items: list[WorkItem], models: Models) -> list[list[tuple[int, str]]]:
-    """For each item, (column in the similarity trace, 'guide: prompt part') pairs.
+def _similarity_labels(items: list[WorkItem], models: Models, step: int) -> list[list[tuple[int, str]]]:
+    """For each item, (column in the similarity trace, 'guide: prompt part') pairs at `step` (a schedule's prompts take turns).
 
     The trace has one block of columns per guide, each as wide as the batch's longest target list.
     """
-    width = max(len(item.parts) + len(item.image_prompts) + len(item.noise_prompts) for item in items)
+    extras = [len(item.image_prompts) + len(item.noise_prompts) for item in items]
+    width = max(len(parts) + extra for item, extra in zip(items, extras) for parts in item.schedule)
     labels = []
     for item in items:
-        names = [p.text for p in item.parts] + [f"image:{p.source}" for p in item.image_prompts]
+        schedule = item.schedule
+        parts = schedule[stage_at(step, item.settings.change_every, len(schedule))]
+        names = [p.text for p in parts] + [f"image:{p.source}" for p in item.image_prompts]
         names += [f"noise:{p.seed}" for p in item.noise_prompts]
         labels.append(
             [(g * width + j, f"{clip.name}: {name}") for g, (clip, _) in enumerate(models.guides) for j, name in enumerate(names)]

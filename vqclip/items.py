@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from vqclip import __version__
 from vqclip.models.presets import get_preset, get_vqgan_spec, split_clip_name
-from vqclip.prompts import WeightedPrompt, format_prompt, parse_prompt
+from vqclip.prompts import WeightedPrompt, final_prompt, format_schedule, parse_schedule
 
 
 Optimizer = Literal["adam", "adamw", "adagrad", "adamax", "nadam", "radam", "rmsprop"]
 """The reference implementation's optimisers that torch.optim provides, by lower-case name."""
+
+
+class Video(BaseModel):
+    """An MP4 of an item's frames and final image; `true` in a manifest means the default frame rate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fps: int = Field(12, gt=0, le=60, description="Frames per second.")
+
+
+def _video_shorthand(value: Any) -> Any:
+    if value is True:
+        return Video()
+    if value is False:
+        return None
+    if value is not None and not isinstance(value, (dict, Video)):
+        raise ValueError(f"video is true, false or a mapping such as {{fps: 12}}, not {value!r}")
+    return value
 
 
 class GenerationSettings(BaseModel):
@@ -36,6 +52,13 @@ class GenerationSettings(BaseModel):
     init: Literal["tokens", "noise"] = Field("tokens", description="Start from random codes or pixel noise.")
     init_weight: float = Field(0.0, ge=0, description="Pull towards the initial latent (with an init image).")
     save_every: int = Field(0, ge=0, description="Keep an intermediate frame every N steps (0: none).")
+    change_every: int = Field(0, ge=0, description="Steps each prompt of a '^' schedule guides before the next takes over.")
+    video: Annotated[Video | None, BeforeValidator(_video_shorthand)] = Field(None, description="Assemble the frames and the final image into an MP4 (true, or {fps: N}).")
+
+
+
+_ADDED_SETTINGS = {"change_every": 0, "video": None}
+"""Settings added after item ids were first handed out, with the values that leave those ids unchanged."""
 
 
 class ModelSpec(BaseModel):
@@ -145,17 +168,30 @@ class WorkItem(BaseModel):
     noise_prompts: tuple[NoisePrompt, ...] = ()
 
     @property
+    def schedule(self) -> list[list[WeightedPrompt]]:
+        """The parsed weighted prompts that take turns (one for a prompt without '^')."""
+        return parse_schedule(self.prompt)
+
+    @property
     def parts(self) -> list[WeightedPrompt]:
-        """The parsed weighted prompt."""
-        return parse_prompt(self.prompt)
+        """The parsed weighted prompt that guides the last step: the one the final image shows."""
+        return final_prompt(self.prompt, self.settings.steps, self.settings.change_every)
 
     @property
     def item_id(self) -> str:
-        """A hash of everything that decides this item's pixels (not its position in a manifest)."""
+        """A hash of everything that decides this item's pixels and which files it has (not its position in a manifest).
+
+        The frames and the video decide no pixel, but they are outputs: an item done without them
+        must not count as done for a manifest that asks for them, and done is keyed by this id.
+        """
+        settings = self.settings.model_dump(mode="json")
+        for key, unset in _ADDED_SETTINGS.items():  # only when used, so that older ids stay as they were
+            if settings[key] == unset:
+                del settings[key]
         identity = {
-            "prompt": format_prompt(self.parts),
+            "prompt": format_schedule(self.schedule),
             "seed": self.seed,
-            "settings": self.settings.model_dump(mode="json"),
+            "settings": settings,
             "models": self.models.model_dump(mode="json", exclude={"scorer"}),
             "image_prompts": [(p.digest, p.weight) for p in self.image_prompts],
             "init_image": self.init_image.digest if self.init_image else None,

@@ -39,6 +39,16 @@ def image_key(run_id: str, item_id: str) -> str:
     return f"{items_prefix(run_id)}{_id(item_id)}.png"
 
 
+def frame_key(run_id: str, item_id: str, step: int) -> str:
+    """An intermediate image of an item, named by the optimisation step it shows."""
+    return f"{items_prefix(run_id)}{_id(item_id)}/frames/{int(step):05d}.png"
+
+
+def video_key(run_id: str, item_id: str) -> str:
+    """The MP4 of an item's frames and final image."""
+    return f"{items_prefix(run_id)}{_id(item_id)}/video.mp4"
+
+
 def sidecar_key(run_id: str, item_id: str) -> str:
     return f"{items_prefix(run_id)}{_id(item_id)}.json"
 

@@ -58,9 +58,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError, StorageError
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, Video, WorkItem, models_for_preset
 from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
-from vqclip.prompts import check_token_length, parse_prompt
+from vqclip.prompts import parse_schedule
 from vqclip.settings import Settings, get_settings
 from vqclip.storage.base import validate_key
 
@@ -238,7 +238,7 @@ class PromptEntry(_Overrides):
     @field_validator("text")
     @classmethod
     def _weighted(cls, value: str) -> str:
-        return _as_value_error(lambda text: check_token_length(parse_prompt(text)), value)
+        return _as_value_error(lambda text: parse_schedule(text, check_tokens=True), value)
 
 
 class _Header(_Strict):
@@ -487,6 +487,8 @@ def _pydantic_message(error: dict, root: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         nested = {"guides": GuideEntry, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
         model = nested[loc[-3]] if len(loc) >= 3 and loc[-3] in nested else root
+        if len(loc) >= 2 and loc[-2] == "video":
+            model = Video
         return f"unknown field; allowed fields: {', '.join(sorted(model.model_fields))}"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
@@ -885,6 +887,7 @@ class _Validator:
             **{key: value for key in _SETTINGS_KEYS if (value := _pick(key, entry, defaults)) is not None}
         )
         self._check_factor(settings, models, entry, path, dropped | self.defaults_dropped)
+        self._check_outputs_and_schedule(settings, entry, path)
         return ManifestPrompt(
             id=prompt_id,
             text=entry.text,
@@ -962,6 +965,27 @@ class _Validator:
                 suggestion = f"{low} or {high}" if low else str(high)
                 cell = f"the pixels per latent cell of VQGAN {models.vqgan}"
                 self.add(f"{value} is not a multiple of {factor}, {cell}; use e.g. {suggestion}", *where)
+
+    def _check_outputs_and_schedule(self, settings: GenerationSettings, entry: PromptEntry, path: FieldPath) -> None:
+        def where(key: str) -> FieldPath:
+            return (*path, key) if getattr(entry, key) is not None else ("defaults", key)
+
+        if settings.video is not None and not settings.save_every:
+            self.add("video is made of the frames, and save_every is 0; set save_every, e.g. 10, or drop video", *where("video"))
+        stages = len(parse_schedule(entry.text))
+        if stages > 1 and not settings.change_every:
+            self.add(
+                f"the text is a schedule of {stages} prompts separated by '^', and change_every is 0; set change_every "
+                "to the steps each prompt guides, e.g. 50 (or write a literal '^' as '\\^')",
+                *path,
+                "text",
+            )
+        elif stages > 1 and settings.change_every >= settings.steps:
+            self.add(
+                f"change_every is {settings.change_every}, not less than the {settings.steps} steps: only the first "
+                f"of the {stages} scheduled prompts would guide; use a smaller change_every",
+                *where("change_every"),
+            )
 
     def _check_total_work(self, prompts: list[ManifestPrompt]) -> None:
         images = sum(len(p.seeds) for p in prompts)

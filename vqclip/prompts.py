@@ -4,6 +4,8 @@ Parts are separated by ``|``. Each part is ``text[:weight[:stop]]``; the weight 
 negative weight pushes the image away from the text. ``stop`` caps how far that part's loss is
 driven down (the loss of the reference implementations). A literal ``|`` or ``:`` in the text is
 written ``\\|`` or ``\\:``; a trailing ``:word`` that is not a number stays part of the text.
+A prompt may also be a schedule, the reference's story mode: prompts separated by ``^`` take turns,
+each guiding for `change_every` steps (``"a forest ^ a city"``); a literal ``^`` is written ``\\^``.
 Control characters other than tab and newline, and the bidirectional embedding, override and isolate
 characters, are refused: they are invisible where prompts are read and can make one text look like another.
 """
@@ -22,6 +24,7 @@ CLIP_TEXT_TOKENS = 75
 """Tokens of text CLIP reads: its 77-token context less the start and end markers."""
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+_UNESCAPED_CARET = re.compile(r"(?<!\\)\^")
 _ALLOWED_CONTROLS = frozenset("\t\n")
 # The "Trojan Source" characters (CVE-2021-42574): they reorder how the text around them is displayed.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -36,7 +39,7 @@ class WeightedPrompt:
     stop: float = -math.inf
 
     def __str__(self) -> str:
-        text = self.text.replace("|", r"\|").replace(":", r"\:")
+        text = self.text.replace("|", r"\|").replace(":", r"\:").replace("^", r"\^")
         if self.stop != -math.inf:
             return f"{text}:{self.weight:g}:{self.stop:g}"
         return f"{text}:{self.weight:g}"
@@ -53,7 +56,7 @@ def _number(value: str) -> float | None:
 def _split_unescaped_colon(part: str) -> list[str]:
     pieces, current, i = [], [], 0
     while i < len(part):
-        if part[i] == "\\" and i + 1 < len(part) and part[i + 1] in ":|\\":
+        if part[i] == "\\" and i + 1 < len(part) and part[i + 1] in ":|^\\":
             current.append(part[i : i + 2])
             i += 2
             continue
@@ -68,7 +71,7 @@ def _split_unescaped_colon(part: str) -> list[str]:
 
 
 def _unescape(text: str) -> str:
-    return re.sub(r"\\([:|\\])", r"\1", text)
+    return re.sub(r"\\([:|^\\])", r"\1", text)
 
 
 def parse_part(part: str, position: int = 1) -> WeightedPrompt:
@@ -111,6 +114,39 @@ def parse_prompt(prompt: str) -> list[WeightedPrompt]:
     check_characters(prompt)
     parts = _UNESCAPED_PIPE.split(prompt)
     return [parse_part(part, position) for position, part in enumerate(parts, start=1)]
+
+
+def parse_schedule(prompt: str, check_tokens: bool = False) -> list[list[WeightedPrompt]]:
+    """Parse a ``^``-separated schedule of weighted prompts (one prompt is a schedule of one), checking token lengths if asked."""
+    check_characters(prompt)
+    stages = _UNESCAPED_CARET.split(prompt)
+    parsed = []
+    for position, stage in enumerate(stages, start=1):
+        try:
+            parsed.append(parse_prompt(stage))
+            if check_tokens:
+                check_token_length(parsed[-1])
+        except PromptError as exc:
+            if len(stages) == 1:
+                raise
+            raise PromptError(f"scheduled prompt {position} of {len(stages)}: {exc}") from None
+    return parsed
+
+
+def format_schedule(stages: list[list[WeightedPrompt]]) -> str:
+    """The canonical string of a parsed schedule (a single prompt formats as `format_prompt` does)."""
+    return " ^ ".join(format_prompt(parts) for parts in stages)
+
+
+def stage_at(step: int, change_every: int, stages: int) -> int:
+    """Which prompt of a schedule of `stages` guides 0-based `step`: the next every `change_every` steps, round again after the last."""
+    return step // change_every % stages if change_every else 0
+
+
+def final_prompt(prompt: str, steps: int, change_every: int) -> list[WeightedPrompt]:
+    """The parts of the prompt (of a schedule) that guides the last of `steps`: the one the final image shows."""
+    stages = parse_schedule(prompt)
+    return stages[stage_at(steps - 1, change_every, len(stages))]
 
 
 def format_prompt(parts: list[WeightedPrompt]) -> str:

@@ -63,6 +63,10 @@ class ItemRecord(BaseModel):
     init_image: ImagePrompt | None = None
     noise_prompts: list[NoisePrompt] = []
     image_key: str
+    frame_keys: list[str] = []
+    """The intermediate images (every `save_every` steps), oldest first."""
+    video_key: str | None = None
+    """The MP4 of the frames and the final image, when the settings ask for one."""
     engine: str = f"vqclip {__version__}"
     synthetic: str | None = None
     loss: float

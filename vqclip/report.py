@@ -44,6 +44,10 @@ def contact_sheet(images: list[tuple[Image.Image, str]], title: str) -> Image.Im
     return sheet
 
 
+def _relative(key: str, prefix: str) -> str:
+    return key[len(prefix) :] if key.startswith(prefix) else key
+
+
 def gallery_html(run_id: str, ranking: Ranking, records: dict[str, ItemRecord], relative_to: str, synthetic: bool) -> str:
     """A self-contained HTML page of every image by prompt, best first, with its score and settings.
 
@@ -64,11 +68,12 @@ def gallery_html(run_id: str, ranking: Ranking, records: dict[str, ItemRecord], 
         parts.append(f"<section><h2>{esc(prompt.prompt_id)}: {esc(prompt.prompt)}</h2><p>Scored by {scorer}.</p>")
         for image in prompt.images:
             record = records[image.item_id]
-            src = esc(image.image_key[len(relative_to) :] if image.image_key.startswith(relative_to) else image.image_key)
+            src = esc(_relative(image.image_key, relative_to))
+            video = f" | <a href='{esc(_relative(record.video_key, relative_to))}'>video</a>" if record.video_key else ""
             parts.append(
                 f"<figure><img src='{src}' alt='{esc(prompt.prompt)}'><figcaption>#{image.rank} score "
                 f"{image.score:.2f} | seed {record.seed} | {record.settings.width}x{record.settings.height}, "
-                f"{record.settings.steps} steps | {esc(record.item_id)}</figcaption></figure>"
+                f"{record.settings.steps} steps | {esc(record.item_id)}{video}</figcaption></figure>"
             )
         parts.append("</section>")
     parts.append("</body></html>")

@@ -1,7 +1,7 @@
 """A run's state in the store: what is done, committing results, and the index and ranking.
 
-The commit rule: an image's PNG is written first and its sidecar JSON last, so an item is done
-exactly when its sidecar exists and names an image that exists. Everything here is idempotent, so
+The commit rule: an image's PNG is written first, then its frames and video, and its sidecar JSON
+last, so an item is done exactly when its sidecar exists and names an image that exists. Everything here is idempotent, so
 a retried task or a resumed run writes nothing twice and loses nothing.
 """
 
@@ -21,7 +21,7 @@ from vqclip.errors import StorageError, VqclipError
 from vqclip.generate import GenerationResult
 from vqclip.images import decode_image, encode_png
 from vqclip.items import WorkItem
-from vqclip.prompts import parse_prompt, scoring_text
+from vqclip.prompts import final_prompt, scoring_text
 from vqclip.records import (
     IndexEntry,
     ItemRecord,
@@ -33,6 +33,7 @@ from vqclip.records import (
 )
 from vqclip.score import Scored, rank
 from vqclip.storage import ObjectStore, open_store
+from vqclip.video import encode_mp4
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,21 @@ def pending_items(store: ObjectStore, run_id: str, items: list[WorkItem]) -> lis
 def commit_result(
     store: ObjectStore, run_id: str, item: WorkItem, result: GenerationResult, device: str, attempt: int = 1
 ) -> ItemRecord:
-    """Write an item's PNG, then its sidecar (the commit marker). `item` is the item as planned."""
+    """Write an item's PNG, its frames and video, then its sidecar (the commit marker). `item` is the item as planned."""
     image_key = layout.image_key(run_id, item.item_id)
     settings = item_settings(item)
     settings["lr_used"] = result.item.settings.lr
     store.put_bytes(image_key, encode_png(result.image, settings), content_type="image/png")
+    frame_keys = []
+    for number, frame in enumerate(result.frames, start=1):
+        step = number * item.settings.save_every
+        frame_keys.append(layout.frame_key(run_id, item.item_id, step))
+        store.put_bytes(frame_keys[-1], encode_png(frame, {**settings, "frame_step": step}), content_type="image/png")
+    video_key = None
+    if item.settings.video is not None:
+        video_key = layout.video_key(run_id, item.item_id)
+        video = encode_mp4([*result.frames, result.image], item.settings.video.fps)
+        store.put_bytes(video_key, video, content_type="video/mp4")
     record = ItemRecord(
         **{k: settings[k] for k in ("item_id", "prompt_id", "index", "prompt", "parts", "seed", "engine", "synthetic")},
         settings=item.settings,
@@ -119,6 +130,8 @@ def commit_result(
         init_image=item.init_image,
         noise_prompts=list(item.noise_prompts),
         image_key=image_key,
+        frame_keys=frame_keys,
+        video_key=video_key,
         loss=result.loss,
         guide_similarity=result.similarity,
         first_guide_similarity=result.first_similarity,
@@ -208,4 +221,4 @@ def load_index(store: ObjectStore, run_id: str) -> RunIndex:
 
 def scoring_prompt(record: ItemRecord) -> str:
     """The text an item is scored against."""
-    return scoring_text(parse_prompt(record.prompt))
+    return scoring_text(final_prompt(record.prompt, record.settings.steps, record.settings.change_every))
