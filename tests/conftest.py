@@ -47,3 +47,21 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture
+def flaky_png_writes(monkeypatch):
+    """The local store's first three PNG writes fail with a transient error; yields how many failures are left."""
+    from vqclip.errors import TransientStorageError
+    from vqclip.storage.local import LocalStore
+
+    original, failures = LocalStore.put_bytes, {"left": 3}
+
+    def flaky(self, key, data, content_type=None):
+        if key.endswith(".png") and failures["left"]:
+            failures["left"] -= 1
+            raise TransientStorageError("injected: connection reset")
+        return original(self, key, data, content_type)
+
+    monkeypatch.setattr(LocalStore, "put_bytes", flaky)
+    return failures

@@ -103,19 +103,8 @@ def test_rerun_with_the_same_id_writes_nothing_new_and_loads_no_model(manifest, 
     assert after == before
 
 
-def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monkeypatch):
-    from vqclip.errors import TransientStorageError
-    from vqclip.storage.local import LocalStore
-
-    original, failures = LocalStore.put_bytes, {"left": 3}
-
-    def flaky(self, key, data, content_type=None):
-        if key.endswith(".png") and failures["left"]:
-            failures["left"] -= 1
-            raise TransientStorageError("injected: connection reset")
-        return original(self, key, data, content_type)
-
-    monkeypatch.setattr(LocalStore, "put_bytes", flaky)
+def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monkeypatch, flaky_png_writes):
+    failures = flaky_png_writes
     monkeypatch.setattr(shard.shutdown, "wait", lambda seconds: None)
     generated = []
     original_generate = shard.engine.generate

@@ -141,16 +141,8 @@ def test_a_restart_that_succeeds_is_stored_as_a_second_attempt(store, monkeypatc
     assert record.settings.lr == 0.1, "the sidecar keeps the item as planned"
 
 
-def test_transient_storage_errors_are_retried_without_generating_again(store, monkeypatch, waits):
-    items, original, failures = make_items(3), LocalStore.put_bytes, {"left": 3}
-
-    def flaky(self, key, data, content_type=None):
-        if key.endswith(".png") and failures["left"]:
-            failures["left"] -= 1
-            raise TransientStorageError("injected: connection reset")
-        return original(self, key, data, content_type)
-
-    monkeypatch.setattr(LocalStore, "put_bytes", flaky)
+def test_transient_storage_errors_are_retried_without_generating_again(store, monkeypatch, waits, flaky_png_writes):
+    items, failures = make_items(3), flaky_png_writes
     engine = Engine()
     outcome = run(items, store, engine, monkeypatch)
     assert failures["left"] == 0 and len(waits) == 3 and engine.sizes() == [3]

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from vqclip import __version__
 from vqclip.models.presets import get_preset, get_vqgan_spec, split_clip_name
@@ -126,13 +126,23 @@ class ImagePrompt(BaseModel):
     weight: float = 1.0
 
 
+def _nonzero(value: float) -> float:
+    if value == 0:
+        raise ValueError("weight 0 does nothing; use a positive weight, or a negative one to push away")
+    return value
+
+
+Weight = Annotated[float, AfterValidator(_nonzero)]
+"""A prompt's weight: any finite number but 0 (negative pushes the image away)."""
+
+
 class NoisePrompt(BaseModel):
     """A random embedding drawn from `seed` that guides like a text prompt; "seed:weight" strings and bare seeds allowed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     seed: int = Field(ge=0, lt=2**63)
-    weight: float = 1.0
+    weight: Weight = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -143,13 +153,6 @@ class NoisePrompt(BaseModel):
             seed, sep, weight = data.partition(":")
             return {"seed": seed.strip(), "weight": weight.strip()} if sep else {"seed": data.strip()}
         return data
-
-    @field_validator("weight")
-    @classmethod
-    def _nonzero(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError("weight 0 does nothing; use a positive weight, or a negative one to push away")
-        return value
 
 
 class WorkItem(BaseModel):

@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError, StorageError
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, Video, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, Video, Weight, WorkItem, models_for_preset
 from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
 from vqclip.prompts import parse_schedule
 from vqclip.settings import Settings, get_settings
@@ -140,7 +140,7 @@ class ImageEntry(_Strict):
     """An image prompt: a path under the manifest's folder or ``store:KEY``; "path:weight" strings allowed."""
 
     path: str = Field(min_length=1)
-    weight: float = 1.0
+    weight: Weight = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -153,13 +153,6 @@ class ImageEntry(_Strict):
         except ValueError:
             sep = ""  # a trailing ":word" belongs to the path (as in "store:inputs/cat.png")
         return {"path": path, "weight": weight} if sep else {"path": data}
-
-    @field_validator("weight")
-    @classmethod
-    def _nonzero(cls, value: float) -> float:
-        if value == 0:
-            raise ValueError("weight 0 does nothing; use a positive weight, or a negative one to push away")
-        return value
 
 
 class _Shared(_Strict):
