@@ -42,11 +42,20 @@ key = "$filer_signing"
 [jwt.filer_signing.read]
 key = "$filer_signing_read"
 EOF
+# gRPC mutual TLS: certificates made once by compose's seaweedfs-certs service (this image has no
+# tool to make them). With them, every gRPC port, S3's (8333 + 10000) included, wants a client
+# certificate from that CA.
+grpc="${SEAWEEDFS_GRPC_TOML:-/etc/seaweedfs/certs/grpc.toml}"
+if [ -f "$grpc" ]; then
+  cat "$grpc" >> "$security_dir/security.toml"
+else
+  echo "warning: $grpc is missing: SeaweedFS's gRPC ports accept any client" >&2
+fi
 cd "$security_dir"
 # -s3.autoCreateBucket=false: a wrong bucket name fails with NoSuchBucket instead of silently
 # creating a new bucket; the init service creates the one bucket VQCLIP_STORAGE names.
 # -ip.bind=127.0.0.1 with -s3.ip.bind=0.0.0.0: other containers reach the S3 gateway and nothing
-# else but its gRPC port (8333 + 10000), which has no client certificate check here (see README).
+# else but its gRPC port (8333 + 10000), which wants a client certificate (above).
 # -disableHttp, -filer.disableHttp: the master's HTTP API hands out volume tokens to anyone, and the
 # filer's serves every bucket's files; S3 and the components themselves use gRPC. The Iceberg and
 # Lance servers would listen beside S3: off.

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -97,15 +98,30 @@ def write_grpc_certificates(folder: Path) -> dict[str, tuple[Path, Path]]:
     return files
 
 
+def grpc_toml(ca: Path, certificates: dict[str, tuple[Path, Path]]) -> str:
+    """The security.toml sections that make every gRPC port demand a certificate from `ca`."""
+    lines = ["[grpc]", f"ca = {json.dumps(str(ca))}", ""]
+    for component, (cert, key) in certificates.items():
+        lines += [f"[grpc.{component}]", f"cert = {json.dumps(str(cert))}", f"key = {json.dumps(str(key))}", ""]
+    return "\n".join(lines)
+
+
 def security_toml(jwt_keys: dict[str, str], ca: Path, certificates: dict[str, tuple[Path, Path]]) -> str:
     """SeaweedFS's security.toml: JWT keys by JWT_SECTIONS name and gRPC mutual TLS for every component."""
     lines = []
     for section in JWT_SECTIONS:
         lines += [f"[{section}]", f"key = {json.dumps(jwt_keys[section])}", ""]
-    lines += ["[grpc]", f"ca = {json.dumps(str(ca))}", ""]
-    for component, (cert, key) in certificates.items():
-        lines += [f"[grpc.{component}]", f"cert = {json.dumps(str(cert))}", f"key = {json.dumps(str(key))}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + grpc_toml(ca, certificates)
+
+
+def ensure_grpc_certificates(folder: Path) -> bool:
+    """Certificates and `grpc.toml` in `folder` for a SeaweedFS in another container (compose); False if there already."""
+    toml = folder / "grpc.toml"
+    if toml.is_file():
+        return False
+    certificates = write_grpc_certificates(folder)
+    write_private(toml, grpc_toml(folder / "ca.crt", certificates))
+    return True
 
 
 def weed_binary() -> str:
@@ -304,3 +320,9 @@ class SeaweedServer:
         self.stop()
         raise VqclipError(f"SeaweedFS S3 at {self.endpoint_url} not ready after {timeout:.0f} s ({last}); "
                           f"log {self.log_path}, tail:\n{self.log_tail()}")
+
+
+if __name__ == "__main__":
+    # `python -m vqclip.seaweedfs FOLDER`: compose's seaweedfs-certs service, run once per volume.
+    made = ensure_grpc_certificates(Path(sys.argv[1]))
+    print(f"SeaweedFS gRPC certificates {'made' if made else 'kept'} in {sys.argv[1]}")
