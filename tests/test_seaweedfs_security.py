@@ -22,6 +22,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.s3fixtures import SeaweedServer
+from vqclip import stack
 from vqclip.seaweedfs import weed_binary
 
 TIMEOUT_S = 5.0
@@ -44,28 +45,13 @@ def process_group(pgid: int) -> list[int]:
 
 def socket_inodes(pgid: int) -> set[str]:
     """Inode numbers of the sockets the processes of a process group hold open, from /proc/<pid>/fd."""
-    inodes = set()
-    for pid in process_group(pgid):
-        for fd in Path(f"/proc/{pid}/fd").glob("*"):
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:["):-1])
-    return inodes
+    return set().union(*(stack.socket_inodes(pid) for pid in process_group(pgid)))
 
 
 def listening_ports(pgid: int) -> set[int]:
     """TCP ports in LISTEN state held by the processes of a process group, from /proc."""
     inodes = socket_inodes(pgid)
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+    return {port for inode, port in stack.listening_sockets().items() if inode in inodes}
 
 
 def unix_sockets(pgid: int) -> list[Path]:

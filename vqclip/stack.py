@@ -254,9 +254,9 @@ def spawn(name: str, command: list[str], log: Path, env: dict[str, str], cwd: Pa
                          command=command, cwd=str(cwd), started_at=time.time())
 
 
-def listening_pids(ports: Iterable[int]) -> set[int]:
-    """Processes with a TCP socket listening on any of `ports` (from /proc: sockets by inode, then fds)."""
-    wanted, inodes = set(ports), set()
+def listening_sockets() -> dict[str, int]:
+    """The port of every listening TCP socket on this machine, by socket inode (from /proc/net/tcp and tcp6)."""
+    found = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
@@ -264,19 +264,25 @@ def listening_pids(ports: Iterable[int]) -> set[int]:
             continue
         for row in rows:
             fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) in wanted:  # 0A: LISTEN
-                inodes.add(fields[9])
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except OSError:
-            continue
-        if any(link.startswith("socket:[") and link[8:-1] in inodes for link in links):
-            found.add(int(entry.name))
+            if fields[3] == "0A":  # TCP_LISTEN
+                found[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
     return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process `pid` holds open (empty when it is gone or not ours to read)."""
+    try:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return set()
+    return {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+
+
+def listening_pids(ports: Iterable[int]) -> set[int]:
+    """Processes with a TCP socket listening on any of `ports`."""
+    wanted = set(ports)
+    inodes = {inode for inode, port in listening_sockets().items() if port in wanted}
+    return {int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit() and socket_inodes(int(entry.name)) & inodes}
 
 
 def wait_for(what: str, ready: Callable[[], bool], timeout: float, record: ProcessRecord | None = None) -> None:
