@@ -17,6 +17,7 @@ from vqclip import layout
 from vqclip.errors import ManifestError, VqclipError
 from vqclip.manifest import shards
 from vqclip.records import PlanRecord
+from vqclip.resume import resume_command
 from vqclip.retry import is_permanent
 from vqclip.runs import put_json
 from vqclip.settings import get_settings
@@ -107,7 +108,7 @@ def _run_batch(manifest: str, storage: str, run_id: str | None, preset: str | No
         listing = "; ".join(f"{item_id}: {why}" for item_id, why in summary.failed.items())
         return Failed(
             message=f"{len(summary.failed)} of {len(items)} items not done ({listing}). "
-            f"Resume with: vqclip run {manifest} --storage {storage} --run-id {run_id}",
+            f"Resume with: {resume_command(manifest, storage, run_id)}",
             data=summary,
         )
     return Completed(message=f"all {len(items)} items done", data=summary)

@@ -20,12 +20,13 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterExpectedStartTime,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.states import Failed
 from pydantic import BaseModel
 
 from flows.lineage import ATTEMPT_TAG, RESUMED_TAG, RUN_TAG, attempt_tag, run_id_of, run_tag, tag_value
+from vqclip.resume import resume_command
 from vqclip.settings import get_settings
 
 BATCH_FLOW = "batch-generate"
@@ -36,13 +37,6 @@ class ReconcileReport(BaseModel):
 
     resumed: dict[str, str] = {}
     failed: dict[str, str] = {}
-
-
-def resume_command(flow_run: FlowRun, run_id: str | None) -> str:
-    """The command that resumes a batch run's work by hand."""
-    parameters = flow_run.parameters
-    storage = f" --storage {parameters['storage']}" if parameters.get("storage") else ""
-    return f"vqclip run {parameters.get('manifest')}{storage}" + (f" --run-id {run_id}" if run_id else "")
 
 
 @flow(name="reconcile-runs", persist_result=False)
@@ -67,7 +61,7 @@ def reconcile_runs(max_attempts: int | None = None, window_hours: float = 48.0) 
             elif attempt >= limit or flow_run.deployment_id is None:
                 why = f"its process was lost {attempt} times" if flow_run.deployment_id else "it ran outside a deployment"
                 message = (f"Crashed and not resumed automatically: {why} ({flow_run.state.message}). "
-                           f"Resume with: {resume_command(flow_run, run_id)}")
+                           f"Resume with: {resume_command(flow_run.parameters.get('manifest'), flow_run.parameters.get('storage'), run_id)}")
                 client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
                 report.failed[flow_run.name] = message
                 logger.warning("batch run %s: %s", flow_run.name, message)

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from vqclip import layout
 from vqclip.errors import ManifestError, ObjectNotFound, PromptError, StorageError
-from vqclip.manifest import STORE_PREFIX, check_size, load_manifest
+from vqclip.manifest import check_size, load_manifest, store_reader
 from vqclip.runs import new_run_id
 from vqclip.settings import get_settings
 from vqclip.storage import ObjectStore, open_store, validate_key
@@ -117,7 +117,7 @@ class _Intake:
             check_size(self.store.size(key), name, get_settings())
             data = self.store.get_bytes(key)
             parsed = load_manifest(data, name)
-            parsed.plan(read_source=lambda source: self.store.get_bytes(source[len(STORE_PREFIX) :]))
+            parsed.plan(read_source=store_reader(self.store))
         except ObjectNotFound:  # another watcher claimed it since the listing
             return
         except (ManifestError, PromptError) as exc:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from tasks.retry import retried
 from vqclip import layout
 from vqclip.items import WorkItem
-from vqclip.manifest import load_manifest
+from vqclip.manifest import load_manifest, store_reader
 from vqclip.runs import new_run_id, read_manifest_source, stage_inputs
 from vqclip.storage import open_store
 
@@ -30,7 +30,7 @@ def prepare_run(manifest: str, storage: str, run_id: str | None, preset: str | N
     store = open_store(storage)
     data, name, base_dir = read_manifest_source(manifest, store)
     parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
-    read_store = lambda source: store.get_bytes(source[len("store:") :])  # noqa: E731
+    read_store = store_reader(store)
     items = parsed.plan(read_source=read_store)
     run_id = layout.check_run_id(run_id or new_run_id(name, data))
     store.put_bytes(layout.manifest_key(run_id, Path(name).suffix.lower()), data)

@@ -155,13 +155,13 @@ def fetch_models(
 
 def _load_plan(manifest: str, storage: str, preset: Optional[str]):
     """Read and fully validate a manifest; return its bytes, name, parsed form and work items."""
-    from vqclip.manifest import load_manifest
+    from vqclip.manifest import load_manifest, store_reader
     from vqclip.runs import read_manifest_source
 
     data, name, base_dir = read_manifest_source(manifest)
     parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
     store = open_store(storage) if any(s.startswith("store:") for s in parsed.sources()) else None
-    items = parsed.plan(read_source=(lambda source: store.get_bytes(source[len("store:") :])) if store else None)
+    items = parsed.plan(read_source=store_reader(store) if store else None)
     return data, name, parsed, items
 
 
@@ -231,6 +231,7 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
     from vqclip import layout
     from vqclip.models.download import ensure_files
     from vqclip.models.loader import preload_models, required_files
+    from vqclip.resume import resume_command
     from vqclip.runs import new_run_id
     from vqclip.settings import get_settings
 
@@ -243,7 +244,7 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
         with console.status("checking model weights", spinner="dots"):
             for spec in {item.models for item in items}:
                 ensure_files(required_files(spec, settings), settings)
-    resume = f"vqclip run {manifest} --storage {storage} --run-id {run_id}"
+    resume = resume_command(manifest, storage, run_id)
     _exit_if_stopped(run_id, resume)
     console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}")
     # Models build on a thread while the API server finishes booting; a resumed run preloads only

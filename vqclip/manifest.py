@@ -62,7 +62,7 @@ from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt
 from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
 from vqclip.prompts import parse_schedule
 from vqclip.settings import Settings, get_settings
-from vqclip.storage.base import validate_key
+from vqclip.storage.base import ObjectStore, validate_key
 
 FORMATS = (".yaml", ".yml", ".json", ".jsonl", ".csv")
 STORE_PREFIX = "store:"
@@ -72,6 +72,11 @@ MAX_REPORTED_ERRORS = 50
 
 FieldPath = tuple[str | int, ...]
 SourceReader = Callable[[str], bytes]
+
+
+def store_reader(store: ObjectStore) -> SourceReader:
+    """A SourceReader of ``store:KEY`` image sources from `store`."""
+    return lambda source: store.get_bytes(source[len(STORE_PREFIX) :])
 
 _SLUG = re.compile(r"[a-z0-9_-]{1,64}")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
