@@ -625,7 +625,7 @@ def start_stack(
         server = spawn(
             "prefect-server",
             _prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(state.server_port), "--analytics-off"),
-            logs / "prefect-server.log", server_env(state), project_dir,
+            logs / "prefect-server.log", process_env(state, "prefect-server"), project_dir,
         )
         state.processes.append(server)
         save_state(state)
@@ -664,7 +664,7 @@ def start_stack(
             command = _prefect_command("worker", "start", "--pool", pool, "--name", name, "--type", "process",
                                        "--install-policy", "never", "--no-create-pool-if-not-found",
                                        *(["--limit", "1"] if pool == GPU_POOL else []))
-            records[name] = spawn(f"worker-{name}", command, logs / f"worker-{name}.log", worker_env(state, pool == GPU_POOL), project_dir)
+            records[name] = spawn(f"worker-{name}", command, logs / f"worker-{name}.log", process_env(state, f"worker-{name}"), project_dir)
             state.processes.append(records[name])
         save_state(state)
         for pool, name in workers:
