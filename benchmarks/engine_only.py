@@ -35,7 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vqclip-engine-only-") as folder:
         store = LocalStore(folder)
         started = time.perf_counter()
-        for shard in shards(items, manifest.batch_size):
+        for shard in shards(items, manifest.shard_size):
             run_shard(shard, "engine-only", store, lambda _: models, settings, log)
         print(time.perf_counter() - started)
     gc.freeze()  # as `vqclip.cli.main` does at exit: the comparison leaves the interpreter's teardown out

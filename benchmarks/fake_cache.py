@@ -46,7 +46,7 @@ def fill(cache: Path, preset: str = "default") -> list[Path]:
 
 
 def _owns(clip: str, wanted: Wanted, settings: Settings) -> bool:
-    from vqclip.models.clip import clip_weight_file
+    from vqclip.models.weights import clip_weight_file
 
     return clip_weight_file(clip, settings) == wanted
 

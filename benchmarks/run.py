@@ -231,7 +231,7 @@ def _orchestration_row(device: str, steps: int, pairs: int) -> dict:
     from vqclip.manifest import load_manifest_file
 
     manifest = (
-        f"defaults: {{preset: tiny, width: 64, height: 64, steps: {steps}, cutouts: 8, n: 4, batch_size: 4}}\n"
+        f"defaults: {{preset: tiny, width: 64, height: 64, steps: {steps}, cutouts: 8, n: 4, shard_size: 4}}\n"
         "prompts: [a red fox, a castle, snow, a blue sea]\n"
     )
     env = {**os.environ, "VQCLIP_DEVICE": device, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

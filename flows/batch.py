@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed
 from pydantic import BaseModel
 
 from flows.dispatch import dispatch_shards
 from flows.lineage import run_tag, tag_current_flow_run
+from flows.progress import progress_artifact
 from tasks.generation import generate_shard
 from tasks.planning import prepare_run
 from tasks.reporting import publish_artifacts, write_reports
-from tasks.scoring import score_images
+from tasks.scoring import index_embeddings, score_images
 from vqclip import layout
 from vqclip.errors import ManifestError, VqclipError
 from vqclip.manifest import shards
@@ -78,21 +78,20 @@ def _run_batch(manifest: str, storage: str, run_id: str | None, preset: str | No
     run = prepare_run(manifest, storage, run_id, preset)
     run_id, items = run.run_id, run.items
     tag_current_flow_run(run_tag(run_id))  # how the reconciler finds this run's id if the run is lost
-    batches = shards(items, run.batch_size)
+    batches = shards(items, run.shard_size)
     logger.info("run %s: %d items in %d shards into %s", run_id, len(items), len(batches), store.url(layout.run_prefix(run_id)))
 
-    progress = create_progress_artifact(0.0, description=f"Shards finished, run {run_id}")
     failures: dict[str, str] = {}
-    if shard_deployment:
-        put_json(store, layout.plan_key(run_id), PlanRecord(run_id=run_id, shards=batches))
-        failures = dispatch_shards(shard_deployment, storage, run_id, batches, progress)
-    else:
-        for number, batch in enumerate(batches, start=1):
-            outcome = generate_shard(batch, storage, run_id)
-            failures.update(outcome.failed)
-            update_progress_artifact(progress, 100.0 * number / len(batches))
+    with progress_artifact(store, run_id, batches):
+        if shard_deployment:
+            put_json(store, layout.plan_key(run_id), PlanRecord(run_id=run_id, shards=batches))
+            failures = dispatch_shards(shard_deployment, storage, run_id, batches)
+        else:
+            for number, batch in enumerate(batches):
+                failures.update(generate_shard(batch, storage, run_id, number).failed)
 
     records = score_images(storage, run_id, {item.item_id: item.models.scorer for item in items})
+    index_embeddings(storage, run_id)  # the run's images become searchable (`vqclip search`)
     index, ranking = write_reports(storage, run_id, run.manifest_name, items, records, failures)
     publish_artifacts(storage, run_id, index, ranking, records)
     summary = RunSummary(

@@ -10,7 +10,6 @@ import time
 from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.artifacts import update_progress_artifact
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
@@ -49,7 +48,7 @@ def _earlier_shard_runs(client: SyncPrefectClient, run_id: str) -> dict[int, lis
     return by_shard
 
 
-def dispatch_shards(deployment: str, storage: str, run_id: str, batches: list[list[WorkItem]], progress: UUID) -> dict[str, str]:
+def dispatch_shards(deployment: str, storage: str, run_id: str, batches: list[list[WorkItem]]) -> dict[str, str]:
     """Run every shard as a flow run of `deployment`; return the failed items and why.
 
     A shard run that crashes or fails (its worker died, say) is dispatched again with the next
@@ -105,5 +104,4 @@ def dispatch_shards(deployment: str, storage: str, run_id: str, batches: list[li
                 else:
                     reason = f"shard {shard} ended {state.name} after {attempts[shard]} attempts: {state.message}"
                     failures.update({item.item_id: reason for item in batches[shard]})
-            update_progress_artifact(progress, 100.0 * (len(batches) - len(running)) / len(batches))
     return failures

@@ -24,7 +24,7 @@ def generate_shard_flow(storage: str, run_id: str, shard: int) -> ShardOutcome:
     store = open_store(storage)
     plan = PlanRecord.model_validate_json(store.get_bytes(layout.plan_key(run_id)))
     try:
-        outcome = generate_shard(plan.shards[shard], storage, run_id)
+        outcome = generate_shard(plan.shards[shard], storage, run_id, shard)
     except Interrupted as exc:
         # Prefect's SIGTERM bridge was set aside while generating so the signal could wait for a step boundary.
         raise TerminationSignal(signal=shutdown.first_signal()) from exc

@@ -10,6 +10,7 @@ from tasks.retry import retried
 from vqclip import shutdown
 from vqclip.items import WorkItem
 from vqclip.models.loader import load_models
+from vqclip.progress import ProgressRecorder
 from vqclip.records import ShardOutcome
 from vqclip.settings import get_settings
 from vqclip.shard import run_shard
@@ -17,12 +18,14 @@ from vqclip.storage import open_store
 
 
 @task(**retried("generate-shard"))
-def generate_shard(items: list[WorkItem], storage: str, run_id: str) -> ShardOutcome:
+def generate_shard(items: list[WorkItem], storage: str, run_id: str, shard: int) -> ShardOutcome:
     """Generate the shard's items that are not done yet and commit each, with the engine's recovery rules.
 
     Models load once per worker process and stay for later shards. SIGTERM or SIGINT stops it at the
-    next optimisation step with Interrupted, once every finished image is stored.
+    next optimisation step with Interrupted, once every finished image is stored. Its steps and stored
+    images go to shard number `shard`'s progress record (vqclip.progress) for the CLI and the batch flow.
     """
-    with shutdown.stop_on_signals():
+    store, log = open_store(storage), get_run_logger()
+    with shutdown.stop_on_signals(), ProgressRecorder(store, run_id, shard, log) as progress:
         models = partial(load_models, include_scorer=False)
-        return run_shard(items, run_id, open_store(storage), models, get_settings(), get_run_logger())
+        return run_shard(items, run_id, store, models, get_settings(), log, progress=progress)

@@ -21,7 +21,7 @@ class PreparedRun(BaseModel):
     run_id: str
     manifest_name: str
     items: list[WorkItem]
-    batch_size: int
+    shard_size: int
 
 
 @task(**retried("prepare-run"))
@@ -35,4 +35,4 @@ def prepare_run(manifest: str, storage: str, run_id: str | None, preset: str | N
     run_id = layout.check_run_id(run_id or new_run_id(name, data))
     store.put_bytes(layout.manifest_key(run_id, Path(name).suffix.lower()), data)
     stage_inputs(store, run_id, items, lambda source: parsed.read_bytes(source, read_store))
-    return PreparedRun(run_id=run_id, manifest_name=name, items=items, batch_size=parsed.batch_size)
+    return PreparedRun(run_id=run_id, manifest_name=name, items=items, shard_size=parsed.shard_size)

@@ -10,12 +10,19 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import retried
 from vqclip import layout
+from vqclip.browse import browse_link
 from vqclip.images import decode_image
 from vqclip.items import WorkItem
 from vqclip.records import IndexEntry, ItemRecord, Ranking, RunIndex
-from vqclip.report import contact_sheet, gallery_html, markdown_text
+from vqclip.report import SCORE_MEANING, contact_sheet, gallery_html, markdown_text, thumbnail_data_uri
 from vqclip.runs import build_index, build_ranking, put_json
+from vqclip.settings import get_settings
 from vqclip.storage import ObjectStore, open_store
+
+ROW_THUMB = 64
+BEST_THUMB = 128
+THUMBNAIL_BUDGET = 3_000_000
+"""Bytes of inline thumbnails one artifact may carry (1.4 to 3.7 KB a row: 800 to 2,000 rows); later rows get none."""
 
 
 @task(**retried("write-reports"))
@@ -33,16 +40,17 @@ def write_reports(
     records = {k: v for k, v in records.items() if k in planned}
     ranking = build_ranking(run_id, records)
     put_json(store, layout.ranking_key(run_id), ranking)
+    untrained = {item.item_id for item in items if item.models.synthetic}
     for prompt in ranking.prompts:
         thumbs = [
             (decode_image(store.get_bytes(image.image_key)), f"#{image.rank} {image.score:.1f} seed {records[image.item_id].seed}")
             for image in prompt.images
         ]
         buffer = io.BytesIO()
-        contact_sheet(thumbs, f"{prompt.prompt_id}: {prompt.prompt}").save(buffer, format="PNG")
+        sheet = contact_sheet(thumbs, f"{prompt.prompt_id}: {prompt.prompt}", any(i.item_id in untrained for i in prompt.images))
+        sheet.save(buffer, format="PNG")
         store.put_bytes(layout.sheet_key(run_id, prompt.prompt_id), buffer.getvalue(), content_type="image/png")
-    synthetic = any(item.models.synthetic for item in items)
-    page = gallery_html(run_id, ranking, records, layout.run_prefix(run_id), synthetic)
+    page = gallery_html(run_id, ranking, records, layout.run_prefix(run_id), bool(untrained))
     store.put_bytes(layout.gallery_key(run_id), page.encode(), content_type="text/html; charset=utf-8")
     index = build_index(run_id, manifest, items, records, ranking, failures)
     put_json(store, layout.index_key(run_id), index)
@@ -54,34 +62,85 @@ def _key_for(run_id: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in run_id.lower())[:80]
 
 
-def _row(store: ObjectStore, entry: IndexEntry, record: ItemRecord | None) -> dict:
-    """One image's line in the run's table artifact."""
+class _Thumbnails:
+    """Inline thumbnails of stored images, until an artifact's budget of bytes is spent."""
+
+    def __init__(self, store: ObjectStore, side: int) -> None:
+        self.store, self.side, self.left, self.skipped = store, side, THUMBNAIL_BUDGET, 0
+
+    def markdown(self, key: str | None, alt: str) -> str:
+        """`![alt](data:...)` for the image at `key`, or "" with none or with the budget spent."""
+        if not key:
+            return ""
+        if self.left <= 0:
+            self.skipped += 1
+            return ""
+        uri = thumbnail_data_uri(decode_image(self.store.get_bytes(key)), self.side)
+        self.left -= len(uri)
+        return f"![{markdown_text(alt)}]({uri})"
+
+
+def _link(store: ObjectStore, key: str | None, text: str) -> str:
+    """A link to `key` in `vqclip serve` when VQCLIP_BROWSE_URL names it, else the key's location as plain text."""
+    if not key:
+        return ""
+    browse = get_settings().browse_url
+    return f"[{text}]({browse_link(browse, key)})" if browse else markdown_text(store.url(key))
+
+
+def _row(store: ObjectStore, thumbnails: _Thumbnails, entry: IndexEntry, record: ItemRecord | None) -> dict:
+    """One image's line in the run's table artifact; every string is markdown, user text escaped."""
     return {
+        "thumbnail": thumbnails.markdown(entry.image_key if entry.state == "done" else None, f"{entry.prompt_id} #{entry.rank}"),
         "prompt_id": entry.prompt_id,
-        "prompt": record.prompt if record else "",
-        "seed": entry.seed,
-        "score": entry.score,
-        "scorer": record.scorer if record else "",
         "rank": entry.rank,
+        "score": entry.score,
+        "seed": entry.seed,
+        "prompt": markdown_text(record.prompt) if record else "",
+        "scorer": markdown_text(record.scorer or "") if record else "",
         "state": entry.state,
-        "image": store.url(entry.image_key) if entry.image_key else "",
-        "video": store.url(record.video_key) if record and record.video_key else "",
+        "image": _link(store, entry.image_key, "image"),
+        "sidecar": _link(store, entry.sidecar_key, "sidecar"),
+        "video": _link(store, record.video_key if record else None, "video"),
         "item_id": entry.item_id,
     }
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE, persist_result=False)
 def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranking, records: dict[str, ItemRecord]) -> None:
-    """A table of every image (prompt, seed, score, rank, location) and a markdown summary of the best."""
+    """A table of every image (thumbnail, prompt, seed, score, rank, files) and a markdown summary of the best.
+
+    Thumbnails are small JPEGs inline as `data:` URIs: the UI draws them with no server and no expiring link.
+    """
     store = open_store(storage)
-    rows = [_row(store, entry, records.get(entry.item_id)) for entry in index.items]
-    create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank")
+    row_thumbs = _Thumbnails(store, ROW_THUMB)
+    rows = [_row(store, row_thumbs, entry, records.get(entry.item_id)) for entry in index.items]
+    more = f"; thumbnails of the first {len(rows) - row_thumbs.skipped} rows only" if row_thumbs.skipped else ""
+    create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank{more}")
+    summary = _summary(store, run_id, index, ranking, get_settings().browse_url)
+    create_markdown_artifact(summary, key=f"summary-{_key_for(run_id)}", description=f"Best image per prompt, run {run_id}")
+
+
+def _summary(store: ObjectStore, run_id: str, index: RunIndex, ranking: Ranking, browse: str | None) -> str:
+    """The summary artifact: the best image of every prompt, its score, and where the whole run is."""
     md = markdown_text  # every string below may come from a manifest or a user: rendered as text, never markup
-    lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done.", ""]
-    lines += ["| prompt | scorer | best image | score |", "|---|---|---|---|"]
+    thumbnails = _Thumbnails(store, BEST_THUMB)
+    lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done. {md(SCORE_MEANING)}", ""]
+    header = ["best image", "score", *(["files"] if browse else []), "prompt", "scorer"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for prompt in ranking.prompts:
         best = prompt.images[0]
-        scorer = md(prompt.scorer or "")
-        lines.append(f"| {md(prompt.prompt_id)}: {md(prompt.prompt)} | {scorer} | {md(store.url(best.image_key))} | {best.score:.2f} |")
-    lines += ["", f"Gallery: {md(store.url(layout.gallery_key(run_id)))}"]
-    create_markdown_artifact("\n".join(lines), key=f"summary-{_key_for(run_id)}", description=f"Best image per prompt, run {run_id}")
+        cells = [thumbnails.markdown(best.image_key, f"{prompt.prompt_id} best"), f"{best.score:.2f}"]
+        if browse:
+            cells.append(f"{_link(store, best.image_key, 'image')} {_link(store, layout.sheet_key(run_id, prompt.prompt_id), 'contact sheet')}")
+        cells += [f"{md(prompt.prompt_id)}: {md(prompt.prompt)}", md(prompt.scorer or "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    if browse:
+        lines += ["", f"[Gallery of the run]({browse_link(browse, layout.run_prefix(run_id))}): every image, sidecar and contact sheet."]
+    else:
+        lines += [
+            "",
+            f"Gallery: {md(store.url(layout.gallery_key(run_id)))}. `vqclip serve --storage STORE` shows it and every "
+            "image in a browser; with VQCLIP_BROWSE_URL set to its address, this summary links there.",
+        ]
+    return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ os.environ.update(
     }
 )
 
-from tests.s3fixtures import s3_bucket, seaweedfs  # noqa: E402,F401
+from tests.manifests import CAT, DOG  # noqa: E402
+from tests.runs import MANIFEST  # noqa: E402
+
+pytest_plugins = ["tests.s3fixtures", "tests.stack_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +69,29 @@ def flaky_png_writes(monkeypatch):
 
     monkeypatch.setattr(LocalStore, "put_bytes", flaky)
     return failures
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A manifest folder with two images in it."""
+    (tmp_path / "cat.png").write_bytes(CAT)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "dog.png").write_bytes(DOG)
+    return tmp_path
+
+
+@pytest.fixture
+def manifest(tmp_path, prefect_api) -> Path:
+    """The pipeline tests' manifest (tests/runs.py's MANIFEST) in a file, with the session's Prefect API up."""
+    path = tmp_path / "batch.yaml"
+    path.write_text(MANIFEST)
+    return path
+
+
+@pytest.fixture
+def unconfigured_env():
+    """The environment of a `vqclip run` with no Prefect API configured, tagged to find its processes."""
+    marker = f"VQCLIP_TEST_MARKER={uuid.uuid4().hex}"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env[marker.split("=")[0]] = marker.split("=")[1]
+    return env, marker

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vqclip.seaweedfs import SeaweedServer, free_ports  # noqa: F401  (free_ports: used by other tests)
+from vqclip.seaweedfs import SeaweedServer
 from vqclip.settings import get_settings
 
 
@@ -31,6 +31,17 @@ def seaweedfs() -> Iterator[SeaweedServer]:
 @pytest.fixture
 def s3_bucket(seaweedfs: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh bucket on the session's SeaweedFS; yields `s3://bucket/prefix` with credentials in the env."""
+    yield from _fresh_bucket(seaweedfs, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_s3_bucket(seaweedfs: SeaweedServer) -> Iterator[str]:
+    """The same, shared by the tests of one module (for a run that several tests look at)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _fresh_bucket(seaweedfs, monkeypatch)
+
+
+def _fresh_bucket(seaweedfs: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     bucket = f"vqclip-test-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)

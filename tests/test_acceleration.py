@@ -11,7 +11,7 @@ import torch
 from vqclip.acceleration import Accelerated
 from vqclip.generate import generate
 from vqclip.settings import Settings
-from tests.test_generate import SETTINGS, item, pixels
+from tests.engine import SETTINGS, item, pixels
 
 
 @pytest.fixture
@@ -53,6 +53,7 @@ def test_checkpointing_applies_from_the_configured_side(tiny_models):
     assert not build(256, 512).checkpointed and not build(1024, 0).checkpointed
 
 
+@pytest.mark.slow
 def test_channels_last_and_checkpointing_give_the_same_image(tiny_models):
     batch = [item("a red fox", 7), item("snow", 8)]
     plain = generate(batch, tiny_models, Settings(channels_last=False))
@@ -62,6 +63,7 @@ def test_channels_last_and_checkpointing_give_the_same_image(tiny_models):
         assert np.abs(pixels(a) - pixels(b)).max() <= 2
 
 
+@pytest.mark.slow
 def test_a_failing_compile_falls_back_to_eager_with_the_same_result(tiny_models, no_compile_state, monkeypatch, caplog):
     def broken_compile(function):
         def compiled(*args, **kwargs):

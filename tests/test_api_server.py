@@ -8,26 +8,14 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from flows import api_server
 from flows.api_server import ApiServerError, TemporaryApiServer, temporary_api_server
-from tests.test_cli_run import TINY_RUN
-
-
-def processes_with(marker: str) -> dict[int, bytes]:
-    """Live processes whose environment holds `marker`, with their command lines (a zombie's environment reads empty)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
-                found[int(entry.name)] = (entry / "cmdline").read_bytes()
-        except OSError:
-            pass
-    return found
+from tests.processes import processes_with
+from tests.runs import TINY_RUN
 
 
 def server_processes(marker: str) -> list[int]:
@@ -47,15 +35,6 @@ def wait_until(condition, timeout: float, message: str) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def unconfigured_env():
-    """The environment of a `vqclip run` with no Prefect API configured, tagged to find its processes."""
-    marker = f"VQCLIP_TEST_MARKER={uuid.uuid4().hex}"
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env[marker.split("=")[0]] = marker.split("=")[1]
-    return env, marker
-
-
 def start_run(tmp_path: Path, env: dict, steps: int) -> subprocess.Popen:
     manifest = tmp_path / "run.yaml"
     manifest.write_text(TINY_RUN.format(steps=steps, n=1))
@@ -63,6 +42,7 @@ def start_run(tmp_path: Path, env: dict, steps: int) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_a_run_starts_its_own_server_and_stops_it(tmp_path, unconfigured_env):
     env, marker = unconfigured_env
@@ -82,6 +62,7 @@ def test_a_run_starts_its_own_server_and_stops_it(tmp_path, unconfigured_env):
     assert processes_with(marker) == {}, "the temporary server outlived the run"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal and /proc are Linux's")
 def test_a_killed_run_takes_its_server_with_it(tmp_path, unconfigured_env):
     env, marker = unconfigured_env
@@ -96,6 +77,7 @@ def test_a_killed_run_takes_its_server_with_it(tmp_path, unconfigured_env):
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_server_that_loses_its_port_starts_on_another(monkeypatch):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -119,9 +101,12 @@ def _any_free_port() -> int:
 
 def test_a_server_that_cannot_start_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/missing/dir/prefect.db")
-    with temporary_api_server() as server:
+    server = TemporaryApiServer()  # not temporary_api_server(): the session's API may be configured already
+    try:
         with pytest.raises(ApiServerError, match="exited with status 3: .*unable to open database file"):
             server.wait_ready(60)
+    finally:
+        server.stop()
 
 
 def test_no_server_is_started_when_an_api_is_configured(monkeypatch, prefect_api):

@@ -7,7 +7,7 @@ import torch
 
 from vqclip.batching import batch_size, batches, fit_batch, measure_batch_memory
 from vqclip.settings import Settings
-from tests.test_generate import item
+from tests.engine import item
 
 GIB = 2**30
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from vqclip.images import read_png_metadata
 
 
@@ -20,6 +22,7 @@ def vqclip(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_generate_writes_a_png_with_its_settings(tmp_path):
     out = tmp_path / "fox.png"
     done = vqclip("generate", "a red fox:1 | blurry:-0.5", "--preset", "tiny", "--size", "64x48", "--steps", "3", "--seed", "42", "--out", str(out))
@@ -31,6 +34,7 @@ def test_generate_writes_a_png_with_its_settings(tmp_path):
     assert meta["models"]["vqgan"] == "tiny_f8" and meta["synthetic"] and meta["engine"].startswith("vqclip ")
 
 
+@pytest.mark.slow
 def test_generate_rejects_bad_input_with_a_message_and_no_file(tmp_path):
     out = tmp_path / "x.png"
     for args, message in (

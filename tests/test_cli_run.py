@@ -7,29 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_manifest import BAD, folder  # noqa: F401 (folder: a fixture)
+from tests.manifests import BAD
+from tests.runs import TINY_RUN, files_under
 from vqclip.cli import app
 from vqclip.manifest import load_manifest_file
 from vqclip.settings import get_settings
-
-TINY_RUN = """\
-defaults:
-  preset: tiny
-  width: 64
-  height: 64
-  steps: {steps}
-  cutouts: 4
-  n: {n}
-  batch_size: 1
-prompts:
-  - id: fox
-    text: "a red fox:1 | blurry:-0.5"
-"""
 
 
 def vqclip(*args: str, **kwargs) -> subprocess.Popen:
@@ -46,10 +32,6 @@ def vqclip(*args: str, **kwargs) -> subprocess.Popen:
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
-
-
-def files_under(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
 @pytest.mark.parametrize(("name", "content", "expected", "limits"), BAD)
@@ -87,6 +69,7 @@ def test_show_of_a_missing_run_says_so(tmp_path):
     assert result.exit_code == 1 and "no run 'nope'" in result.output
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_exactly_the_missing_items(tmp_path):
     """SIGKILL mid-run, then `vqclip run --run-id` again: every item once, finished ones untouched."""
     manifest = tmp_path / "kill.yaml"

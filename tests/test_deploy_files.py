@@ -38,6 +38,7 @@ FLOWS = {
     "flows/batch.py:batch_generate": ("batch-generate", {"manifest", "storage", "run_id", "preset", "shard_deployment"}),
     "flows/shard.py:generate_shard_flow": ("generate-shard", {"storage", "run_id", "shard"}),
     "flows/reconcile.py:reconcile_runs": ("reconcile-runs", {"max_attempts", "window_hours"}),
+    "flows/search.py:search_images": ("search-images", {"query", "storage", "runs", "top", "image_key"}),
     "flows/watch.py:watch_inbox": ("watch-inbox", {"storage", "batch_deployment", "shard_deployment"}),
 }
 POOLS = {"cpu", "gpu"}

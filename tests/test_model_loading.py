@@ -304,7 +304,7 @@ def test_fetch_models_takes_a_vqgan_name(served):
 def test_fetch_models_takes_an_open_clip_name_and_a_preset(served, monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    from vqclip.models.clip import clip_weight_file
+    from vqclip.models.weights import clip_weight_file
 
     server, _, _, settings = served
     name = "ViT-B-32/laion2b_s34b_b79k"

@@ -15,65 +15,12 @@ from tasks import generation
 from vqclip import layout, shard
 from vqclip.images import read_png_metadata
 from vqclip.records import ItemRecord, Ranking, RunIndex
+from tests.runs import ITEMS, check_complete_run
 from vqclip.storage import open_store
-
-MANIFEST = """\
-name: pipeline test
-defaults:
-  preset: tiny
-  width: 64
-  height: 64
-  steps: 4
-  cutouts: 4
-  n: 2
-  batch_size: 3
-prompts:
-  - id: fox
-    text: "a red fox:1 | blurry:-0.5"
-  - id: sea
-    text: a blue sea
-    n: 3
-"""
-ITEMS = 5
-
-
-@pytest.fixture
-def manifest(tmp_path, prefect_api) -> Path:
-    path = tmp_path / "batch.yaml"
-    path.write_text(MANIFEST)
-    return path
 
 
 def run(manifest: Path, storage: str, run_id: str):
     return batch_generate(manifest=str(manifest), storage=storage, run_id=run_id, return_state=True)
-
-
-def item_ids(store, run_id: str, suffix: str) -> list[str]:
-    return sorted(k.rsplit("/", 1)[-1][: -len(suffix)] for k in store.list(layout.items_prefix(run_id)) if k.endswith(suffix))
-
-
-def check_complete_run(store, run_id: str, expected_items: int) -> RunIndex:
-    """Every planned item is done exactly once, and index, ranking, sheets and gallery agree."""
-    pngs, sidecars = item_ids(store, run_id, ".png"), item_ids(store, run_id, ".json")
-    assert len(pngs) == expected_items and pngs == sidecars
-    index = RunIndex.model_validate_json(store.get_bytes(layout.index_key(run_id)))
-    assert index.complete and index.counts["done"] == expected_items
-    assert sorted(e.item_id for e in index.items) == pngs
-    ranking = Ranking.model_validate_json(store.get_bytes(layout.ranking_key(run_id)))
-    ranked = {img.item_id: (p.prompt_id, img.rank, img.score) for p in ranking.prompts for img in p.images}
-    assert sorted(ranked) == pngs
-    gallery = store.get_bytes(layout.gallery_key(run_id)).decode()
-    for entry in index.items:
-        record = ItemRecord.model_validate_json(store.get_bytes(entry.sidecar_key))
-        assert record.score == entry.score == ranked[entry.item_id][2]
-        assert entry.rank == ranked[entry.item_id][1] and record.prompt_id == ranked[entry.item_id][0]
-        assert read_png_metadata(store.get_bytes(record.image_key))["item_id"] == entry.item_id
-        assert record.image_key.rsplit("/", 1)[-1] in gallery
-    for prompt in ranking.prompts:
-        scores = [img.score for img in prompt.images]
-        assert scores == sorted(scores, reverse=True)
-        assert store.exists(layout.sheet_key(run_id, prompt.prompt_id))
-    return index
 
 
 def test_end_to_end_into_a_local_folder(manifest, tmp_path):
@@ -92,6 +39,7 @@ def test_end_to_end_into_a_local_folder(manifest, tmp_path):
     assert len(table) == ITEMS and {"prompt", "seed", "score", "rank"} <= set(table[0])
 
 
+@pytest.mark.slow
 def test_rerun_with_the_same_id_writes_nothing_new_and_loads_no_model(manifest, tmp_path, monkeypatch):
     storage = str(tmp_path / "out")
     assert run(manifest, storage, "again").is_completed()
@@ -103,6 +51,7 @@ def test_rerun_with_the_same_id_writes_nothing_new_and_loads_no_model(manifest, 
     assert after == before
 
 
+@pytest.mark.slow
 def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monkeypatch, flaky_png_writes):
     failures = flaky_png_writes
     monkeypatch.setattr(shard.shutdown, "wait", lambda seconds: None)
@@ -116,6 +65,7 @@ def test_storage_errors_on_the_first_writes_are_retried(manifest, tmp_path, monk
     check_complete_run(open_store(storage), "flaky", ITEMS)
 
 
+@pytest.mark.slow
 def test_a_nan_item_restarts_at_half_lr_then_fails_alone(manifest, tmp_path, monkeypatch):
     original, calls = shard.engine.generate, []
 
@@ -156,7 +106,7 @@ def test_prompt_text_in_the_summary_artifact_renders_as_text(tmp_path, prefect_a
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     (summary,) = [a for a in artifacts if a.type == "markdown"]
     page = MarkdownIt("commonmark").enable("table").render(summary.data)
-    assert "<img" not in page and "<a " not in page, page
+    assert "<a " not in page and page.count("<img") == page.count('<img src="data:image/jpeg;base64,') == 1, page  # the thumbnail only
     assert f"evil: {html.escape(INJECTION, quote=False)}</td>" in page  # the prompt as written, as text
 
 

@@ -21,9 +21,8 @@ from urllib.parse import quote, urlsplit
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.s3fixtures import SeaweedServer
 from vqclip import stack
-from vqclip.seaweedfs import weed_binary
+from vqclip.seaweedfs import SeaweedServer, weed_binary
 
 TIMEOUT_S = 5.0
 Response = tuple[int, dict[str, str], bytes]
@@ -207,6 +206,7 @@ def test_only_s3_with_credentials_reaches_bucket_data(seaweedfs: SeaweedServer, 
     assert client.get_object(Bucket=bucket, Key="outputs/after.txt")["Body"].read() == b"still writable"
 
 
+@pytest.mark.slow
 def test_grpc_without_the_servers_certificate_gets_no_entry(seaweedfs: SeaweedServer, bucket: str, tmp_path: Path) -> None:
     seaweedfs.client().put_object(Bucket=bucket, Key="k.txt", Body=b"grpc-secret")
     assert chunk_fids(seaweedfs, bucket, "k.txt"), "the trusted route should see the entry"

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.test_api_server import processes_with, unconfigured_env  # noqa: F401 (unconfigured_env: a fixture)
-from tests.test_cli_run import TINY_RUN, files_under
+from tests.processes import processes_with
+from tests.runs import TINY_RUN, files_under
 from vqclip.manifest import load_manifest_file
 
 ITEMS = 3
@@ -25,6 +25,7 @@ def vqclip(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_a_signalled_run_stops_cleanly_and_resumes(tmp_path, unconfigured_env, signum, status):
@@ -79,6 +80,7 @@ generate_shard_flow.with_options(flow_run_name=sys.argv[3])(sys.argv[1], sys.arg
 """
 
 
+@pytest.mark.slow
 def test_a_signalled_shard_flow_run_ends_crashed_for_the_batch_to_dispatch_again(tmp_path, prefect_api):
     """A worker's flow-run process stopped with SIGTERM: Crashed (dispatch_shards' cue) and dead by the signal."""
     from prefect.client.orchestration import get_client

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +28,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from tests.stack_fixtures import local_stack, stack_logs  # noqa: F401  (local_stack: the fixture)
-from tests.test_pipeline import check_complete_run, item_ids
+from tests.chromium import CHROMIUM, Browser
+from tests.runs import check_complete_run, item_ids
+from tests.stack_fixtures import stack_logs
 from vqclip import layout
 from vqclip.settings import get_settings
 from flows.lineage import RESUMED_TAG
@@ -39,10 +39,10 @@ from vqclip.storage import open_store
 
 pytestmark = pytest.mark.slow
 
-# batch_size 1: every item is a shard of its own, so both gpu workers get some.
+# shard_size 1: every item is a shard of its own, so both gpu workers get some.
 MANIFEST = """\
 name: stack {name}
-defaults: {{preset: tiny, width: 64, height: 64, steps: {steps}, cutouts: 4, n: 2, batch_size: 1}}
+defaults: {{preset: tiny, width: 64, height: 64, steps: {steps}, cutouts: 4, n: 2, shard_size: 1}}
 prompts:
   - {{id: fox, text: "a red fox:1 | blurry:-0.5"}}
   - {{id: sea, text: a blue sea}}
@@ -284,65 +284,6 @@ def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: St
         f"\nshard marked Crashed {detected_after_kill:.0f} s after the kill ({detected_after_beat:.0f} s after its last "
         f"heartbeat); kill -> run complete {time.monotonic() - killed_at:.0f} s; whole test {elapsed:.0f} s"
     )
-
-
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_TIMEOUT_S = 90
-
-
-class Browser:
-    """Headless Debian chromium driven over the DevTools protocol: the UI's login lives in localStorage."""
-
-    def __init__(self, profile: Path) -> None:
-        command = [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
-            "--window-size=1400,1000", "--remote-debugging-port=0", "about:blank",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline, line = time.monotonic() + CHROMIUM_TIMEOUT_S, ""
-        while "DevTools listening on" not in line:
-            line = self.process.stderr.readline()
-            assert line or self.process.poll() is None, "chromium exited before it listened"
-            assert time.monotonic() < deadline, "chromium did not start its DevTools endpoint"
-        port = int(re.search(r"ws://127\.0\.0\.1:(\d+)/", line).group(1))
-        (page,) = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page"]
-        from websockets.sync.client import connect
-
-        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self.sent = 0
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.sent += 1
-        self.socket.send(json.dumps({"id": self.sent, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv(timeout=CHROMIUM_TIMEOUT_S))
-            if message.get("id") == self.sent:
-                assert "error" not in message, message
-                return message["result"]
-
-    def evaluate(self, expression: str) -> Any:
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-    def open(self, url: str, until: Callable[[str], bool], timeout: float = 60) -> str:
-        """Load `url` and wait until `until(page HTML)` holds; return the HTML."""
-        self.call("Page.navigate", url=url)
-        deadline = time.monotonic() + timeout
-        while True:
-            page = self.evaluate("document.documentElement.outerHTML") or ""
-            if until(page) or time.monotonic() > deadline:
-                return page
-            time.sleep(0.5)
-
-    def screenshot(self, path: Path) -> None:
-        import base64
-
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-
-    def close(self) -> None:
-        self.socket.close()
-        self.process.kill()
-        self.process.wait(10)
 
 
 def check_png(path: Path) -> None:

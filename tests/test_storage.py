@@ -11,11 +11,11 @@ import pytest
 
 from vqclip.errors import ObjectNotFound, PermanentStorageError, StorageError
 from vqclip.retry import is_transient
+from vqclip.seaweedfs import SeaweedServer, free_ports
 from vqclip.settings import Settings
 from vqclip.storage import LocalStore, ObjectStore, S3Store, open_store
 from vqclip.storage import local as local_module
 from vqclip.storage.local import TEMP_PREFIX
-from tests.s3fixtures import SeaweedServer, free_ports
 
 BAD_KEYS = ["../x", "/abs", "a//b", "a\\b", "", "a/../b", "a/./b", "a/", "tab\there", "nul\x00"]
 

@@ -6,9 +6,8 @@ import gc
 import logging
 import os
 import signal
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,7 +16,10 @@ from rich.table import Table
 from vqclip import shutdown
 from vqclip.cli_output import console, errors, options, user_errors
 from vqclip.cli_stack import register as register_stack_commands
+from vqclip.cli_search import register as register_search_commands
 from vqclip.errors import VqclipError
+from vqclip.items import REFERENCE_AUGMENTS, AugmentCode, CutMethod
+from vqclip.recipes import Recipe
 from vqclip.storage import open_store
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ app = typer.Typer(help="Batch VQGAN+CLIP text-to-image generation.", no_args_is_
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", metavar="")] = False) -> None:
     options["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -40,6 +42,15 @@ def _parse_size(size: str) -> tuple[int, int]:
     return width, height
 
 
+def _parse_augments(codes: str) -> tuple[str, ...]:
+    chosen = tuple(code.strip() for code in codes.split(",") if code.strip())
+    unknown = [code for code in chosen if code not in get_args(AugmentCode)]
+    if unknown:
+        valid = ", ".join(get_args(AugmentCode))
+        raise typer.BadParameter(f"--augments: unknown code {unknown[0]!r}; use codes from {valid}, comma-separated")
+    return chosen
+
+
 def step_progress(description: str) -> Progress:
     """A rich progress bar for optimisation steps."""
     return Progress(
@@ -49,14 +60,24 @@ def step_progress(description: str) -> Progress:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="Weighted prompt, e.g. 'a red fox:1 | blurry:-0.5'.")],
+    prompt: Annotated[str, typer.Argument(help="Weighted prompt, e.g. 'a red fox:1 | blurry:-0.5'.", metavar="PROMPT")],
     preset: Annotated[str, typer.Option(help="Model preset (see `vqclip models`).")] = "default",
-    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT in pixels.")] = "256x256",
-    steps: Annotated[int, typer.Option(min=1)] = 300,
+    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT in pixels [default: the preset's; 256x256, tiny 128x128].")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Optimisation steps [default: the preset's; 300, tiny 30].")] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
-    cutouts: Annotated[int, typer.Option(min=1)] = 32,
+    cutouts: Annotated[Optional[int], typer.Option(min=1, help="Cutouts CLIP sees per step [default: the preset's; 32, tiny 8].")] = None,
     lr: Annotated[float, typer.Option(min=0.0)] = 0.1,
     change_every: Annotated[int, typer.Option(min=0, help="Steps each prompt of an 'a ^ b' schedule guides.")] = 0,
+    cut_method: Annotated[
+        Optional[CutMethod], typer.Option(help="vqclip (this engine's) or one of the reference's cut methods (default: the recipe's).")
+    ] = None,
+    augments: Annotated[
+        Optional[str],
+        typer.Option(help=f"Augmentations of the latest and nrupdated cut methods: the reference's codes, comma-separated (default: {','.join(REFERENCE_AUGMENTS)}).")
+    ] = None,
+    recipe: Annotated[
+        Optional[Recipe], typer.Option(help="vqclip or reference: whose defaults unset settings take (default: the preset's, reference for --preset reference).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("vqclip-output/image.png"),
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: CUDA when present).")] = None,
 ) -> None:
@@ -65,20 +86,27 @@ def generate(
 
     from vqclip.items import GenerationSettings, WorkItem, models_for_preset
     from vqclip.models.loader import load_models
+    from vqclip.models.presets import get_preset
     from vqclip.prompts import parse_schedule
     from vqclip.runs import load_record
     from vqclip.settings import get_settings
     from vqclip.shard import run_shard
     from vqclip.storage import LocalStore
 
-    width, height = _parse_size(size)
+    # Settings left out come from the preset (the tiny one's are small, for a quick smoke run), then the defaults.
+    given = dict(zip(("width", "height"), _parse_size(size))) if size else {}
+    given.update({key: value for key, value in (("steps", steps), ("cutouts", cutouts)) if value is not None})
     with user_errors():
         if len(parse_schedule(prompt, check_tokens=True)) > 1 and not change_every:
             raise VqclipError("the prompt is a schedule separated by '^'; give --change-every, the steps each prompt guides")
         spec = models_for_preset(preset)
+        given.update(lr=lr, change_every=change_every)
+        chosen = {"cut_method": cut_method, "recipe": recipe, "augments": _parse_augments(augments) if augments else None}
+        given.update({key: value for key, value in chosen.items() if value is not None})
+        settings = GenerationSettings(**{**get_preset(preset).settings, **given})
+        width, height = settings.width, settings.height
         if width % spec.factor or height % spec.factor:
-            raise VqclipError(f"--size {size}: width and height must be multiples of {spec.factor} for preset {preset}")
-        settings = GenerationSettings(width=width, height=height, steps=steps, cutouts=cutouts, lr=lr, change_every=change_every)
+            raise VqclipError(f"--size {width}x{height}: width and height must be multiples of {spec.factor} for preset {preset}")
         item = WorkItem(prompt_id="cli", prompt=prompt, seed=seed, settings=settings, models=spec)
         with console.status(f"loading models ({preset})", spinner="dots"):
             models = load_models(spec, device=device, include_scorer=False)
@@ -86,10 +114,10 @@ def generate(
         # restart) and the same PNG metadata as a batch run, for the cost of one file copy.
         with tempfile.TemporaryDirectory(prefix="vqclip-generate-") as folder, step_progress("steps") as bar:
             store = LocalStore(folder)
-            task = bar.add_task(f"generating on {models.device}", total=steps)
+            task = bar.add_task(f"generating on {models.device}", total=settings.total_steps)
             outcome = run_shard(
                 [item], "generate", store, lambda _: models, get_settings(), logging.getLogger(__name__),
-                progress=lambda done, total: bar.update(task, completed=done),
+                progress=lambda now: bar.update(task, completed=now.steps_done),
             )
             if outcome.failed:
                 raise VqclipError(f"generation failed: {outcome.failed[item.item_id]}")
@@ -106,8 +134,8 @@ def generate(
 def list_models() -> None:
     """List presets and VQGANs, and which of their weight files are cached."""
     from vqclip.items import models_for_preset
-    from vqclip.models.loader import cached_files
     from vqclip.models.presets import PRESETS, VQGANS
+    from vqclip.models.weights import cached_files
     from vqclip.settings import get_settings
 
     settings = get_settings()
@@ -135,12 +163,15 @@ def list_models() -> None:
 def fetch_models(
     names: Annotated[
         Optional[list[str]],
-        typer.Argument(help="Presets, VQGANs (e.g. imagenet_f16_1024) or open_clip MODEL/PRETRAINED names; default: the default preset."),
+        typer.Argument(
+            help="Presets, VQGANs (e.g. imagenet_f16_1024) or open_clip MODEL/PRETRAINED names; default: the default preset.",
+            metavar="NAME",
+        ),
     ] = None,
 ) -> None:
     """Download the weights of presets or single models into the cache (for machines that will run offline)."""
     from vqclip.models.download import ensure_files
-    from vqclip.models.loader import named_files
+    from vqclip.models.weights import named_files
     from vqclip.settings import get_settings
 
     settings = get_settings()
@@ -167,7 +198,7 @@ def _load_plan(manifest: str, storage: str, preset: Optional[str]):
 
 @app.command()
 def validate(
-    manifest: Annotated[str, typer.Argument(help="Manifest path or s3://bucket/key.")],
+    manifest: Annotated[str, typer.Argument(help="Manifest path or s3://bucket/key.", metavar="MANIFEST")],
     preset: Annotated[Optional[str], typer.Option(help="Override the manifest's preset.")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Store that `store:` image paths refer to.")] = None,
 ) -> None:
@@ -177,7 +208,7 @@ def validate(
 
     with user_errors():
         _, name, parsed, items = _load_plan(manifest, storage or get_settings().storage, preset)
-        plan = describe_plan(items, parsed.batch_size)
+        plan = describe_plan(items, parsed.shard_size)
     table = Table(title=f"{name}: {plan['images']} images, {plan['shards']} shards, {plan['steps']} optimisation steps")
     for column in ("prompt", "images", "size", "steps", "models"):
         table.add_column(column)
@@ -186,7 +217,8 @@ def validate(
     console.print(table)
 
 
-def _summary_table(storage: str, run_id: str) -> Table:
+def _print_summary(storage: str, run_id: str) -> None:
+    """Print a run's best score per prompt, then each best image's path whole, on a line of its own."""
     from vqclip import layout
     from vqclip.records import Ranking
     from vqclip.runs import load_index
@@ -199,54 +231,70 @@ def _summary_table(storage: str, run_id: str) -> Table:
         ranking = None
     counts = ", ".join(f"{n} {state}" for state, n in index.counts.items() if n)
     table = Table(title=f"run {run_id}: {counts}")
-    for column in ("prompt", "best image", "best score", "images"):
+    for column in ("prompt", "best score", "images"):
         table.add_column(column)
-    for prompt in ranking.prompts if ranking else []:
-        best = prompt.images[0]
-        table.add_row(f"{prompt.prompt_id}: {prompt.prompt}", store.url(best.image_key), f"{best.score:.2f}", str(len(prompt.images)))
-    return table
+    prompts = ranking.prompts if ranking else []
+    for prompt in prompts:
+        table.add_row(f"{prompt.prompt_id}: {prompt.prompt}", f"{prompt.images[0].score:.2f}", str(len(prompt.images)))
+    console.print(table)
+    for prompt in prompts:
+        console.print(f"best {prompt.prompt_id}: {store.url(prompt.images[0].image_key)}", soft_wrap=True, highlight=False)
 
 
 @app.command()
 def run(
-    manifest: Annotated[str, typer.Argument(help="Manifest path or s3://bucket/key.")],
+    manifest: Annotated[str, typer.Argument(help="Manifest path or s3://bucket/key.", metavar="MANIFEST")],
     storage: Annotated[Optional[str], typer.Option(help="Output: a folder, file://..., or s3://bucket/prefix.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Resume (or name) this run.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Override the manifest's preset.")] = None,
 ) -> None:
     """Run a manifest end to end in this process (Prefect's ephemeral API; no server needed)."""
+    from vqclip import layout
+    from vqclip.runs import new_run_id
+    from vqclip.settings import get_settings
+
     if not options["debug"]:
         # Failures reach the user as one message below; Prefect's own tracebacks are for --debug.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    storage = storage or get_settings().storage
+    # The manifest, the run id and the weights are checked before the API server and torch start, so
+    # that a bad manifest or missing weights without internet fail within seconds.
+    with user_errors():
+        plan = _load_plan(manifest, storage, preset)
+        run_id = layout.check_run_id(run_id or new_run_id(plan[1], plan[0]))
+        _ensure_weights(plan[3])
     from flows.api_server import temporary_api_server
 
     # SIGTERM and SIGINT only raise the stop flag: the run ends at its next step, its finished images
     # stored and its state recorded, before the temporary server (in a session of its own) stops.
     # Without PREFECT_API_URL, a temporary API server boots while torch and the models load.
     with shutdown.stop_on_signals(), temporary_api_server() as server:
-        _run(manifest, storage, run_id, preset, server)
+        _run(manifest, storage, run_id, preset, plan, server)
 
 
-def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: Optional[str], server: Optional[TemporaryApiServer]) -> None:
-    from vqclip import layout
+def _ensure_weights(items: list) -> None:
+    """Download the weights the items' models lack, or fail naming each missing file (torch is not needed)."""
     from vqclip.models.download import ensure_files
-    from vqclip.models.loader import preload_models, required_files
-    from vqclip.resume import resume_command
-    from vqclip.runs import new_run_id
+    from vqclip.models.weights import required_files
     from vqclip.settings import get_settings
 
     settings = get_settings()
-    storage = storage or settings.storage
+    with console.status("checking model weights", spinner="dots"):
+        for spec in {item.models for item in items}:
+            ensure_files(required_files(spec, settings), settings)
+
+
+def _run(manifest: str, storage: str, run_id: str, preset: Optional[str], plan: tuple, server: Optional[TemporaryApiServer]) -> None:
+    from vqclip import layout
+    from vqclip.models.loader import preload_models
+    from vqclip.resume import resume_command
+
+    _, _, parsed, items = plan
     with user_errors():
-        data, name, parsed, items = _load_plan(manifest, storage, preset)
-        run_id = layout.check_run_id(run_id or new_run_id(name, data))
         store = open_store(storage)
-        with console.status("checking model weights", spinner="dots"):
-            for spec in {item.models for item in items}:
-                ensure_files(required_files(spec, settings), settings)
     resume = resume_command(manifest, storage, run_id)
     _exit_if_stopped(run_id, resume)
-    console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}")
+    console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}", soft_wrap=True, highlight=False)
     # Models build on a thread while the API server finishes booting; a resumed run preloads only
     # for items without a sidecar yet.
     with user_errors():
@@ -257,13 +305,14 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
 
     from flows.api_server import prefect_api
     from flows.batch import batch_generate
+    from vqclip.cli_progress import RunProgressDisplay
+    from vqclip.manifest import shards
+    from vqclip.progress import RunProgress
     from vqclip.retry import is_permanent
 
     try:
-        with user_errors(), prefect_api(server), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors) as bar:
-            task = bar.add_task("images", total=len(items))
-            with _ProgressWatcher(store, run_id, lambda done: bar.update(task, completed=done)):
-                state = batch_generate(manifest=manifest, storage=storage, run_id=run_id, preset=preset, return_state=True)
+        with user_errors(), prefect_api(server), RunProgressDisplay(errors, RunProgress(store, run_id, shards(items, parsed.shard_size))):
+            state = batch_generate(manifest=manifest, storage=storage, run_id=run_id, preset=preset, return_state=True)
     except TerminationSignal as exc:
         # Prefect's SIGTERM bridge, not the stop flag, held the signal (planning or scoring, outside
         # the step loop): the flow run is recorded Crashed, which a resume picks up like any other.
@@ -273,14 +322,14 @@ def _run(manifest: str, storage: Optional[str], run_id: Optional[str], preset: O
     _exit_if_stopped(run_id, resume)
     if store.exists(layout.index_key(run_id)):
         with user_errors():
-            console.print(_summary_table(storage, run_id))
+            _print_summary(storage, run_id)
     if not state.is_completed():
         # Bad input, missing weights or refused credentials fail the same way again: no resume hint.
         permanent = is_permanent(state.result(raise_on_failure=False))
         hint = "" if permanent or resume in (state.message or "") else f" Resume with: {resume}"
         errors.print(f"[bold red]error:[/] run {run_id} did not finish: {state.message}{hint}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"all {len(items)} images done; gallery: {store.url(layout.gallery_key(run_id))}")
+    console.print(f"all {len(items)} images done; gallery: {store.url(layout.gallery_key(run_id))}", soft_wrap=True, highlight=False)
 
 
 def _exit_if_stopped(run_id: str, resume: str) -> None:
@@ -295,54 +344,23 @@ def _exit_if_stopped(run_id: str, resume: str) -> None:
         raise typer.Exit(shutdown.exit_status())
 
 
-class _ProgressWatcher:
-    """Counts committed sidecars in the store from a background thread, for the progress bar."""
-
-    def __init__(self, store, run_id: str, report) -> None:
-        self._store, self._run_id, self._report = store, run_id, report
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _count(self) -> None:
-        from vqclip import layout
-
-        try:
-            keys = self._store.list(layout.items_prefix(self._run_id))
-        except VqclipError:
-            return
-        self._report(sum(key.endswith(".json") for key in keys))
-
-    def _poll(self) -> None:
-        while not self._stop.wait(1.0):
-            self._count()
-
-    def __enter__(self) -> "_ProgressWatcher":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._count()
-
-
 @app.command()
 def show(
-    run_id: Annotated[str, typer.Argument(help="The run to summarise.")],
+    run_id: Annotated[str, typer.Argument(help="The run to summarise.", metavar="RUN_ID")],
     storage: Annotated[Optional[str], typer.Option(help="Where the run's outputs are.")] = None,
 ) -> None:
     """Summarise a run from storage: best image and score per prompt."""
     from vqclip.settings import get_settings
 
     with user_errors():
-        console.print(_summary_table(storage or get_settings().storage, run_id))
+        _print_summary(storage or get_settings().storage, run_id)
 
 
 @app.command()
 def submit(
-    manifest: Annotated[Path, typer.Argument(help="Local manifest file to upload.", exists=True, dir_okay=False)],
+    manifest: Annotated[Path, typer.Argument(help="Local manifest file to upload.", exists=True, dir_okay=False, metavar="MANIFEST")],
     storage: Annotated[Optional[str], typer.Option(help="The store whose inbox the watcher reads.")] = None,
-    now: Annotated[bool, typer.Option("--now", help="Also start batch-generate on the Prefect server at once.")] = False,
+    now: Annotated[bool, typer.Option("--now", help="Also start batch-generate on the Prefect server at once.", metavar="")] = False,
     deployment: Annotated[str, typer.Option(help="Deployment --now starts.")] = "batch-generate/batch-generate",
     shard_deployment: Annotated[str, typer.Option(help="Deployment the batch fans shards out to.")] = "generate-shard/generate-shard",
 ) -> None:
@@ -384,7 +402,30 @@ def submit(
         console.print(f"started run {run_id}: {ui}/runs/flow-run/{flow_run.id}" if ui else f"started run {run_id} (flow run {flow_run.id})")
 
 
+@app.command()
+def serve(
+    storage: Annotated[Optional[str], typer.Option(help="The store to show: a folder, file://..., or s3://bucket/prefix.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")] = 8470,
+) -> None:
+    """Serve a store read-only to a browser: runs, galleries, images, sidecars, contact sheets, frames and videos."""
+    from vqclip.browse import make_server
+    from vqclip.settings import get_settings
+
+    with user_errors():
+        store = open_store(storage or get_settings().storage)
+        server = make_server(store, host, port)
+    console.print(f"serving {store.url()} read-only at [bold]{server.url}/[/] (VQCLIP_BROWSE_URL={server.url} links the UI's artifacts here); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 register_stack_commands(app)
+register_search_commands(app)
 
 
 def main() -> None:

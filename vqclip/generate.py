@@ -1,7 +1,7 @@
 """Batched VQGAN+CLIP: optimise the latents of many work items at once, each with its own seed and prompts.
 
 The algorithm of the reference implementations: a VQGAN latent starts from random codebook tokens
-(or an encoded init image), is quantised straight-through, decoded and clamped into [0, 1] with a
+(or the codes the VQGAN's quantiser picks for an init image), is quantised straight-through, decoded and clamped into [0, 1] with a
 gradient that only pulls values back into range; random cutouts are embedded by CLIP and pulled
 towards (or, for negative weights, pushed away from) the prompts' embeddings (text, image and
 seeded-noise prompts) with a squared spherical distance; a torch optimiser (Adam unless the settings
@@ -30,6 +30,7 @@ from PIL import Image
 
 from vqclip import shutdown
 from vqclip.acceleration import Accelerated
+from vqclip.clamp import clamp_with_grad
 from vqclip.cutouts import make_cutouts
 from vqclip.errors import GenerationError
 from vqclip.items import GenerationSettings, WorkItem
@@ -40,22 +41,6 @@ from vqclip.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-
-
-class _ClampWithGrad(torch.autograd.Function):
-    """Clamp whose gradient passes only where it would move the value back into range."""
-
-    @staticmethod
-    def forward(ctx, values, low, high):
-        ctx.low, ctx.high = low, high
-        ctx.save_for_backward(values)
-        return values.clamp(low, high)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (values,) = ctx.saved_tensors
-        outside = values - values.clamp(ctx.low, ctx.high)
-        return grad * (grad * outside >= 0), None, None
 
 
 def _replace_grad(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
@@ -94,33 +79,66 @@ def noise_embedding(seed: int, dim: int) -> torch.Tensor:
     return torch.empty(dim).normal_(generator=torch.Generator().manual_seed(seed))
 
 
-def prompt_loss(embeds: torch.Tensor, goal: torch.Tensor, weights: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
-    """Per item, the reference's prompt loss of (items, cutouts, 1, dim) cutout embeddings against (items, parts, dim) targets.
+def prompt_loss(
+    embeds: torch.Tensor,
+    goal: torch.Tensor,
+    weights: torch.Tensor,
+    stops: torch.Tensor,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per item, the reference's prompt loss of (items, cutouts, 1, dim) cutout embeddings against (items, parts, views, dim) targets.
 
-    Each part contributes |weight| times the mean over cutouts of its signed distance; the gradient is
-    that of max(signed distance, stop), so a part stops pulling once its distance is below its stop.
+    A text or noise prompt has one view; an image prompt has one per cutout of it, and `counts`
+    (items, parts) says how many views of each part are real (all, if None). Each part contributes
+    |weight| times the mean, over cutouts and its views, of its signed distance; the gradient is that of
+    max(signed distance, stop), so a part stops pulling once its distance is below its stop.
     """
-    signed = spherical_distance(embeds, goal[:, None]) * weights.sign()[:, None]  # (items, cutouts, parts)
-    capped = _replace_grad(signed, torch.maximum(signed, stops[:, None]))
-    return (weights.abs() * capped.mean(1)).sum(1)
+    views = goal.shape[2]
+    signed = spherical_distance(embeds[..., None, :], goal[:, None]) * weights.sign()[:, None, :, None]
+    capped = _replace_grad(signed, torch.maximum(signed, stops[:, None, :, None]))  # (items, cutouts, parts, views)
+    if counts is None:
+        counts = torch.full(weights.shape, views, dtype=capped.dtype, device=capped.device)
+    padding = torch.arange(views, device=capped.device) >= counts[..., None]  # (items, parts, views)
+    # Padding views add exact zeros: a one-view part's value is bit for bit its one distance in any batch.
+    per_part = capped.masked_fill(padding[:, None], 0.0).sum(-1) / counts[:, None]
+    return (weights.abs() * per_part.mean(1)).sum(1)
+
+
+def view_centres(goal: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The mean of each part's real views: (items, parts, dim) from (items, parts, views, dim) targets."""
+    real = torch.arange(goal.shape[2], device=goal.device) < counts[..., None]
+    return (goal * real[..., None]).sum(2) / counts[..., None]
+
+
+def init_weight_loss(z: torch.Tensor, z_init: torch.Tensor, weight: float, mode: str, step: int) -> torch.Tensor:
+    """Per item, the init weight's pull on latents (items, C, H, W) at 0-based `step`.
+
+    `constant`: weight times half the mean squared distance to the initial latent. `reference`: the
+    reference scripts' term, the mean square of the latent (a pull towards zero) times
+    (1 / (2 step + 1)) times weight, halved, computed in their order.
+    """
+    if mode == "reference":
+        return z.pow(2).mean((1, 2, 3)) * ((1 / (step * 2 + 1)) * weight) / 2
+    return weight * (z - z_init).pow(2).mean((1, 2, 3)) / 2
 
 
 @dataclass
 class Targets:
     """Per item and per prompt of its schedule, the embeddings to pull towards or push from, padded to the same count."""
 
-    embeds: torch.Tensor  # (batch, stages, parts, dim)
+    embeds: torch.Tensor  # (batch, stages, parts, views, dim): one view per text or noise prompt, one per cutout of an image prompt
+    counts: torch.Tensor  # (batch, stages, parts): how many views are real; the rest is padding
     weights: torch.Tensor  # (batch, stages, parts); 0 marks padding
     stops: torch.Tensor  # (batch, stages, parts)
     stages: list[int]  # per item, how many prompts its schedule has
     _picked: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
-    def at(self, step: int, change_every: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each item's (embeds, weights, stops) of the prompt that guides `step`, each (batch, parts, ...)."""
+    def at(self, step: int, change_every: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each item's (embeds, counts, weights, stops) of the prompt that guides `step`, each (batch, parts, ...)."""
         index = tuple(stage_at(step, change_every, count) for count in self.stages)
         if index not in self._picked:  # a schedule has few distinct turns: build each once, not per step
             rows, picks = range(len(index)), list(index)
-            self._picked[index] = (self.embeds[rows, picks], self.weights[rows, picks], self.stops[rows, picks])
+            self._picked[index] = tuple(t[rows, picks] for t in (self.embeds, self.counts, self.weights, self.stops))
         return self._picked[index]
 
 
@@ -170,39 +188,64 @@ def _to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(array.numpy()) for array in data]
 
 
+def _prompt_image_tensor(image: Image.Image, width: int, height: int, device: torch.device) -> torch.Tensor:
+    """An image prompt as the reference sizes it: its aspect ratio kept, its area at most the generated image's."""
+    ratio = image.width / image.height
+    area = min(image.width * image.height, width * height)
+    return _image_tensor(image, round((area * ratio) ** 0.5), round((area / ratio) ** 0.5), device)
+
+
+def _cutouts(images: torch.Tensor, generators: list[torch.Generator], gen: GenerationSettings, cut_size: int) -> torch.Tensor:
+    """The augmented cutouts CLIP sees of `images`, under the batch's settings: generated images and image prompts alike."""
+    return make_cutouts(
+        images, generators, gen.cutouts, cut_size, gen.cut_pow, gen.augment, gen.noise_fac, gen.cut_method, gen.augments
+    )
+
+
 def _targets(
-    items: list[WorkItem], clip, images: Mapping[str, Image.Image], device: torch.device
+    items: list[WorkItem],
+    clip,
+    images: Mapping[str, Image.Image],
+    device: torch.device,
+    generators: list[torch.Generator],
+    gen: GenerationSettings,
 ) -> Targets:
     """Embed every item's text and image prompts with one guide model, and draw its noise prompts.
 
-    Each text is embedded once, however many items and scheduled prompts use it; image and noise
-    prompts guide alongside every prompt of a schedule.
+    Each text is embedded once, however many items and scheduled prompts use it. An image prompt is
+    embedded as the reference does it: through the same augmented cutouts as the generated image (drawn
+    from its item's generator), one view per cutout. Image and noise prompts guide alongside every
+    prompt of a schedule.
     """
     schedules = [item.schedule for item in items]
     texts = {part.text for schedule in schedules for parts in schedule for part in parts}
     # One text at a time: a batched text encoder rounds differently with the batch's size, and that
     # last-bit difference would make an item's image depend on the other items' prompts.
-    text_embeds = {text: clip.embed_text([text])[0] for text in texts}
+    text_embeds = {text: clip.embed_text([text])[0][None] for text in texts}
     dim = next(iter(text_embeds.values())).shape[-1]
     rows: list[list[list[tuple[torch.Tensor, float, float]]]] = []
-    for item, schedule in zip(items, schedules):
+    for item, generator, schedule in zip(items, generators, schedules):
         extra = []
         for prompt in item.image_prompts:
-            pixels = _image_tensor(images[prompt.source], clip.image_size, clip.image_size, device)[None]
+            pixels = _prompt_image_tensor(images[prompt.source], gen.width, gen.height, device)[None]
             with torch.no_grad():
-                extra.append((clip.embed_images(pixels)[0].float(), prompt.weight, -math.inf))
-        extra += [(noise_embedding(p.seed, dim).to(device), p.weight, -math.inf) for p in item.noise_prompts]
+                embedded = clip.embed_images(_cutouts(pixels, [generator], gen, clip.image_size)).float()
+            extra.append((embedded, prompt.weight, -math.inf if prompt.stop is None else prompt.stop))
+        extra += [(noise_embedding(p.seed, dim).to(device)[None], p.weight, -math.inf) for p in item.noise_prompts]
         rows.append([[(text_embeds[p.text], p.weight, p.stop) for p in parts] + extra for parts in schedule])
     stages = max(len(schedule) for schedule in rows)
     parts = max(len(row) for schedule in rows for row in schedule)
-    embeds = torch.zeros(len(items), stages, parts, dim, device=device)
+    views = max(len(embed) for schedule in rows for row in schedule for embed, _, _ in row)
+    embeds = torch.zeros(len(items), stages, parts, views, dim, device=device)
+    counts = torch.ones(len(items), stages, parts, device=device)
     weights = torch.zeros(len(items), stages, parts, device=device)
     stops = torch.full((len(items), stages, parts), -math.inf, device=device)
     for i, schedule in enumerate(rows):
         for k, row in enumerate(schedule):
             for j, (embed, weight, stop) in enumerate(row):
-                embeds[i, k, j], weights[i, k, j], stops[i, k, j] = embed, weight, stop
-    return Targets(embeds, weights, stops, [len(schedule) for schedule in rows])
+                embeds[i, k, j, : len(embed)] = embed
+                counts[i, k, j], weights[i, k, j], stops[i, k, j] = len(embed), weight, stop
+    return Targets(embeds, counts, weights, stops, [len(schedule) for schedule in rows])
 
 
 def _initial_latents(
@@ -212,21 +255,48 @@ def _initial_latents(
     images: Mapping[str, Image.Image],
     settings: GenerationSettings,
 ) -> torch.Tensor:
+    """Per item, the latent to start from: random codes, or the codes the VQGAN's quantiser picks for an image.
+
+    The image is the item's init image, else pixel noise or a gradient as `init` says; like the
+    reference, it enters through the encoder and the quantiser.
+    """
     codebook = models.vqgan.codebook
     rows, cols = settings.height // models.vqgan.factor, settings.width // models.vqgan.factor
+    device = models.device
     latents = []
     for item, generator in zip(items, generators):
-        if item.init_image is not None or settings.init == "noise":
-            if item.init_image is not None:
-                pixels = _image_tensor(images[item.init_image.source], settings.width, settings.height, models.device)
-            else:
-                pixels = torch.rand(3, settings.height, settings.width, generator=generator, device=models.device)
-            with torch.no_grad():
-                latents.append(models.vqgan.encode(pixels[None])[0])
+        if item.init_image is not None:
+            pixels = _image_tensor(images[item.init_image.source], settings.width, settings.height, device)
+        elif settings.init == "noise":  # the reference's pixel init: uniform levels 0 to 254 of 255
+            pixels = torch.randint(0, 255, (3, settings.height, settings.width), generator=generator, device=device) / 255
+        elif settings.init == "gradient":
+            pixels = gradient_image(settings.width, settings.height, generator)
         else:
-            tokens = torch.randint(codebook.shape[0], (rows * cols,), generator=generator, device=models.device)
-            latents.append(codebook[tokens].view(rows, cols, -1).permute(2, 0, 1))
+            pixels = None
+        if pixels is None:
+            tokens = torch.randint(codebook.shape[0], (rows, cols), generator=generator, device=device)
+        else:
+            with torch.no_grad():
+                tokens = models.vqgan.quantised_codes(pixels[None])[0]
+        latents.append(codebook[tokens].permute(2, 0, 1))
     return torch.stack(latents).float()
+
+
+def gradient_image(width: int, height: int, generator: torch.Generator) -> torch.Tensor:
+    """The reference's gradient init, (3, height, width) in [0, 1]: red rises from 0 left to right, green from 0
+    and blue from a random level top to bottom, each to a random level; levels are whole numbers of 255.
+
+    Drawn like the reference's: the blue start in [0, 255), then the red, green and blue ends in
+    [1, 255), [2, 255) and [3, 128), uniformly, from the item's generator.
+    """
+    device = generator.device
+    low = torch.tensor([0, 1, 2, 3], device=device)
+    high = torch.tensor([255, 255, 255, 128], device=device)
+    blue_start, red_end, green_end, blue_end = (low + (torch.rand(4, generator=generator, device=device) * (high - low)).floor()).unbind()
+    across = torch.linspace(0, 1, width, device=device)[None, :].expand(height, width)
+    down = torch.linspace(0, 1, height, device=device)[:, None].expand(height, width)
+    levels = torch.stack([red_end * across, green_end * down, blue_start + (blue_end - blue_start) * down])
+    return levels.floor() / 255
 
 
 def generate(
@@ -252,7 +322,7 @@ def generate(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device, runtime))
     started = time.perf_counter()
     generators = [torch.Generator(device=device).manual_seed(item.seed) for item in items]
-    targets = [(_targets(items, clip, images, device), clip, weight) for clip, weight in models.guides]
+    targets = [(_targets(items, clip, images, device, generators, gen), clip, weight) for clip, weight in models.guides]
     codebook = models.vqgan.codebook.float()
     z_min = codebook.min(0).values[None, :, None, None]
     z_max = codebook.max(0).values[None, :, None, None]
@@ -268,7 +338,7 @@ def generate(
         quantised = vector_quantize(latents.movedim(1, 3), codebook).movedim(3, 1)
         with autocast:
             decoded = accelerated.decode(quantised)
-        return _ClampWithGrad.apply(decoded.float().add(1).div(2), 0.0, 1.0)
+        return clamp_with_grad(decoded.float().add(1).div(2), 0.0, 1.0)
 
     def chunk_loss(chunk: slice, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-item losses and guide similarities of the items in `chunk` at `step`."""
@@ -277,18 +347,16 @@ def generate(
         loss = torch.zeros(count, device=device)
         similarities = []
         for guide, (target, clip, guide_weight) in enumerate(targets):
-            cutouts = make_cutouts(
-                pixels, generators[chunk], gen.cutouts, clip.image_size, gen.cut_pow, gen.augment, gen.noise_fac
-            )
+            cutouts = _cutouts(pixels, generators[chunk], gen, clip.image_size)
             with autocast:
                 embeds = accelerated.embed(guide, cutouts)
             embeds = embeds.float().view(count, gen.cutouts, 1, -1)
-            goal, weights, stops = (tensor[chunk] for tensor in target.at(step, gen.change_every))
-            loss = loss + guide_weight * prompt_loss(embeds, goal, weights, stops)
+            goal, counts, weights, stops = (tensor[chunk] for tensor in target.at(step, gen.change_every))
+            loss = loss + guide_weight * prompt_loss(embeds, goal, weights, stops, counts)
             with torch.no_grad():
-                similarities.append(F.cosine_similarity(embeds.mean(1), goal, dim=-1))
+                similarities.append(F.cosine_similarity(embeds.mean(1), view_centres(goal, counts), dim=-1))
         if gen.init_weight:
-            loss = loss + gen.init_weight * (z[chunk] - z_init[chunk]).pow(2).mean((1, 2, 3)) / 2
+            loss = loss + init_weight_loss(z[chunk], z_init[chunk], gen.init_weight, gen.init_weight_mode, step)
         return loss, torch.cat(similarities, dim=1).detach()
 
     # Items never interact, so a step may run the batch in chunks, each backward adding its items'

@@ -11,10 +11,20 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from vqclip import __version__
 from vqclip.models.presets import get_preset, get_vqgan_spec, split_clip_name
 from vqclip.prompts import WeightedPrompt, final_prompt, format_schedule, parse_schedule
+from vqclip.recipes import Recipe, apply_recipe
 
 
 Optimizer = Literal["adam", "adamw", "adagrad", "adamax", "nadam", "radam", "rmsprop"]
 """The reference implementation's optimisers that torch.optim provides, by lower-case name."""
+
+CutMethod = Literal["vqclip", "latest", "original", "updated", "nrupdated", "updatedpooling"]
+"""How cutouts are taken: this engine's method (`vqclip`) or one of the reference implementation's five."""
+
+AugmentCode = Literal["Ji", "Sh", "Gn", "Pe", "Ro", "Af", "Et", "Ts", "Cr", "Er", "Re"]
+"""The reference implementation's cutout augmentations, by its two-letter codes."""
+
+REFERENCE_AUGMENTS: tuple[AugmentCode, ...] = ("Af", "Pe", "Ji", "Er")
+"""The reference implementation's default augmentations, in its order."""
 
 
 class Video(BaseModel):
@@ -35,6 +45,19 @@ def _video_shorthand(value: Any) -> Any:
     return value
 
 
+class Zoom(BaseModel):
+    """A zoom video: each frame starts from the previous one, zoomed about its centre and shifted, and is optimised further."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    frames: int = Field(ge=2, le=10_000, description="Frames of the video, the first (a normal generation of `steps` steps) included.")
+    steps_per_frame: int = Field(25, gt=0, le=10_000, description="Optimisation steps of each frame after the first.")
+    scale: float = Field(1.02, ge=0.5, le=2.0, description="Zoom per frame about the centre: above 1 zooms in, below 1 out.")
+    shift_x: int = Field(0, description="Pixels each frame moves right (negative: left), wrapping around the edge.")
+    shift_y: int = Field(0, description="Pixels each frame moves down (negative: up), wrapping around the edge.")
+    fps: int = Field(12, gt=0, le=60, description="Frames per second of the MP4.")
+
+
 class GenerationSettings(BaseModel):
     """Settings shared by every item of one batch: they fix its tensor shapes and its schedule."""
 
@@ -47,17 +70,49 @@ class GenerationSettings(BaseModel):
     cut_pow: float = Field(1.0, gt=0, description="Cutout size exponent; above 1 favours small cutouts.")
     lr: float = Field(0.1, gt=0, description="Learning rate.")
     optimizer: Optimizer = Field("adam", description="Optimiser of the latent: adam, adamw, adagrad, adamax, nadam, radam or rmsprop.")
-    augment: bool = Field(True, description="Flip, rotate, scale and shift cutouts.")
+    augment: bool = Field(True, description="Flip, rotate, scale and shift cutouts (the vqclip cut method).")
+    cut_method: CutMethod = Field("vqclip", description="vqclip (this engine's), or the reference's latest, original, updated, nrupdated or updatedpooling.")
+    augments: tuple[AugmentCode, ...] = Field(REFERENCE_AUGMENTS, description="Augmentations of the latest and nrupdated cut methods, in order, by the reference's codes.")
     noise_fac: float = Field(0.1, ge=0, description="Largest std of the noise added to cutouts.")
-    init: Literal["tokens", "noise"] = Field("tokens", description="Start from random codes or pixel noise.")
-    init_weight: float = Field(0.0, ge=0, description="Pull towards the initial latent (with an init image).")
+    init: Literal["tokens", "noise", "gradient"] = Field(
+        "tokens", description="Start from random codes, pixel noise or a random colour gradient (the last two through the VQGAN's encoder and quantiser)."
+    )
+    init_weight: float = Field(0.0, ge=0, description="Weight of the pull on the latent (see init_weight_mode).")
+    init_weight_mode: Literal["constant", "reference"] = Field(
+        "constant",
+        description="constant: pull towards the initial latent with init_weight; reference: pull towards zero with init_weight / (2 step + 1), as the reference scripts do.",
+    )
+    recipe: Recipe = Field("vqclip", description="vqclip or reference: whose defaults the settings left unset take (see vqclip.recipes).")
     save_every: int = Field(0, ge=0, description="Keep an intermediate frame every N steps (0: none).")
-    change_every: int = Field(0, ge=0, description="Steps each prompt of a '^' schedule guides before the next takes over.")
+    change_every: int = Field(0, ge=0, description="Steps (frames, in a zoom video) each prompt of a '^' schedule guides before the next takes over.")
     video: Annotated[Video | None, BeforeValidator(_video_shorthand)] = Field(None, description="Assemble the frames and the final image into an MP4 (true, or {fps: N}).")
+    zoom: Zoom | None = Field(None, description="Make a zoom video: {frames: N, steps_per_frame: K, scale: 1.02, shift_x: 0, shift_y: 0, fps: 12}.")
+
+    @property
+    def turns(self) -> int:
+        """What a '^' schedule's change_every counts: the steps, or for a zoom video its frames."""
+        return self.zoom.frames if self.zoom else self.steps
+
+    @property
+    def total_steps(self) -> int:
+        """Optimisation steps of one item: `steps`, and for a zoom video those of its later frames."""
+        return self.steps + (self.zoom.frames - 1) * self.zoom.steps_per_frame if self.zoom else self.steps
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        return apply_recipe(data) if isinstance(data, dict) else data
 
 
-
-_ADDED_SETTINGS = {"change_every": 0, "video": None}
+_ADDED_SETTINGS = {
+    "change_every": 0,
+    "video": None,
+    "zoom": None,
+    "cut_method": "vqclip",
+    "augments": list(REFERENCE_AUGMENTS),
+    "init_weight_mode": "constant",
+    "recipe": "vqclip",
+}
 """Settings added after item ids were first handed out, with the values that leave those ids unchanged."""
 
 
@@ -124,6 +179,7 @@ class ImagePrompt(BaseModel):
     source: str
     digest: str
     weight: float = 1.0
+    stop: float | None = Field(None, description="As a text part's stop: below this signed distance it pulls no more (None: never stops).")
 
 
 def _nonzero(value: float) -> float:
@@ -178,7 +234,7 @@ class WorkItem(BaseModel):
     @property
     def parts(self) -> list[WeightedPrompt]:
         """The parsed weighted prompt that guides the last step: the one the final image shows."""
-        return final_prompt(self.prompt, self.settings.steps, self.settings.change_every)
+        return final_prompt(self.prompt, self.settings.turns, self.settings.change_every)
 
     @property
     def item_id(self) -> str:
@@ -196,7 +252,7 @@ class WorkItem(BaseModel):
             "seed": self.seed,
             "settings": settings,
             "models": self.models.model_dump(mode="json", exclude={"scorer"}),
-            "image_prompts": [(p.digest, p.weight) for p in self.image_prompts],
+            "image_prompts": [(p.digest, p.weight) + (() if p.stop is None else (p.stop,)) for p in self.image_prompts],
             "init_image": self.init_image.digest if self.init_image else None,
             "engine": __version__,
         }

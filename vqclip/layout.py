@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from vqclip.errors import VqclipError
@@ -44,6 +45,16 @@ def frame_key(run_id: str, item_id: str, step: int) -> str:
     return f"{items_prefix(run_id)}{_id(item_id)}/frames/{int(step):05d}.png"
 
 
+def zoom_frames_prefix(run_id: str, item_id: str) -> str:
+    """Where a zoom video's frames are stored, each as soon as it is made."""
+    return f"{items_prefix(run_id)}{_id(item_id)}/zoom/"
+
+
+def zoom_frame_key(run_id: str, item_id: str, frame: int) -> str:
+    """Frame `frame` (0-based) of an item's zoom video."""
+    return f"{zoom_frames_prefix(run_id, item_id)}{int(frame):05d}.png"
+
+
 def video_key(run_id: str, item_id: str) -> str:
     """The MP4 of an item's frames and final image."""
     return f"{items_prefix(run_id)}{_id(item_id)}/video.mp4"
@@ -61,6 +72,16 @@ def plan_key(run_id: str) -> str:
 def shard_outcome_key(run_id: str, shard: int) -> str:
     """What a remote shard run did: its done and failed items."""
     return f"{run_prefix(run_id)}shards/{int(shard):05d}.json"
+
+
+def progress_prefix(run_id: str) -> str:
+    """Where the run's shards record how far they are (vqclip.progress)."""
+    return f"{run_prefix(run_id)}progress/"
+
+
+def progress_key(run_id: str, shard: int) -> str:
+    """Shard `shard`'s steps done and images stored, rewritten while it runs."""
+    return f"{progress_prefix(run_id)}{int(shard):05d}.json"
 
 
 def input_key(run_id: str, digest: str) -> str:
@@ -87,3 +108,28 @@ def sheet_key(run_id: str, prompt_id: str) -> str:
 
 def gallery_key(run_id: str) -> str:
     return f"{run_prefix(run_id)}gallery.html"
+
+
+INDEX = "index/"
+"""The store-wide embedding index: one folder per scoring model, one segment per run."""
+
+
+def scorer_slug(scorer: str) -> str:
+    """A key segment naming a scoring CLIP ("model/pretrained"): readable, and unique by a hash of the full name."""
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "-", scorer).strip("-")[:40] or "scorer"
+    return f"{readable}-{hashlib.sha256(scorer.encode()).hexdigest()[:10]}"
+
+
+def embeddings_key(run_id: str, scorer: str) -> str:
+    """The image embeddings of a run's items scored by `scorer`, written with their scores."""
+    return f"{run_prefix(run_id)}embeddings/{scorer_slug(scorer)}.npz"
+
+
+def index_run_prefix(scorer: str, run_id: str) -> str:
+    """Where a run's index segments for `scorer` live (the newest one counts)."""
+    return f"{INDEX}{scorer_slug(scorer)}/runs/{check_run_id(run_id)}/"
+
+
+def index_segment_key(scorer: str, run_id: str, version: str) -> str:
+    """One immutable version of a run's index segment; versions sort oldest first."""
+    return f"{index_run_prefix(scorer, run_id)}{_id(version)}.npz"

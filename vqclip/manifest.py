@@ -4,7 +4,7 @@ A manifest is a mapping (or, as shorthand, just its list of prompts)::
 
     version: 1
     name: lighthouses
-    defaults: {preset: default, width: 256, height: 256, steps: 300, n: 2, batch_size: 4, seed: 7}
+    defaults: {preset: default, width: 256, height: 256, steps: 300, n: 2, shard_size: 4, seed: 7}
     prompts:
       - "a lighthouse at dawn:1 | blurry:-0.5"              # shorthand for {text: ...}
       - {id: storm, text: a lighthouse in a storm, n: 3, steps: 500}
@@ -51,15 +51,15 @@ from functools import cache
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Callable, Literal, NoReturn, TypedDict
 
-import open_clip
 import yaml
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError, StorageError
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, Video, Weight, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, Video, Weight, WorkItem, Zoom, models_for_preset
 from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
+from vqclip.models.weights import PRESET_WEIGHT_LOCATIONS, open_clip_models
 from vqclip.prompts import parse_schedule
 from vqclip.settings import Settings, get_settings
 from vqclip.storage.base import ObjectStore, validate_key
@@ -111,13 +111,17 @@ def check_clip_name(name: str) -> None:
         if tag != RANDOM:
             raise ModelError(f"{model} has no trained weights; write it as '{model}/{RANDOM}'")
         return
-    if model not in open_clip.list_models():
+    if model not in open_clip_models():
         raise ModelError(
             f"unknown CLIP model {model!r}; use one of `open_clip.list_models()` (e.g. ViT-B-32) "
             f"or {', '.join(TINY_CLIPS)}"
         )
+    if tag == RANDOM or name in PRESET_WEIGHT_LOCATIONS:
+        return
+    import open_clip  # only for tags the presets do not use: it imports torch
+
     # Local weight files are not accepted: a manifest must not point a worker at arbitrary files on its disk.
-    if tag != RANDOM and not open_clip.get_pretrained_cfg(model, tag):
+    if not open_clip.get_pretrained_cfg(model, tag):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
         raise ModelError(
             f"{tag!r} is not a pretrained tag of {model}; known tags: {tags}; or '{RANDOM}' for random weights"
@@ -142,22 +146,32 @@ class GuideEntry(_Strict):
 
 
 class ImageEntry(_Strict):
-    """An image prompt: a path under the manifest's folder or ``store:KEY``; "path:weight" strings allowed."""
+    """An image prompt: a path under the manifest's folder or ``store:KEY``; "path:weight" and "path:weight:stop" strings allowed."""
 
     path: str = Field(min_length=1)
     weight: Weight = 1.0
+    stop: float | None = Field(None, description="Where the image stops pulling, as a text part's stop (none by default).")
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         if not isinstance(data, str):
             return data
-        path, sep, weight = data.rpartition(":")
-        try:
-            float(weight)
-        except ValueError:
-            sep = ""  # a trailing ":word" belongs to the path (as in "store:inputs/cat.png")
-        return {"path": path, "weight": weight} if sep else {"path": data}
+        pieces = data.split(":")
+        numbers: list[str] = []
+        # Up to two trailing numbers are the weight and the stop; a trailing ":word" belongs to the path
+        # (as in "store:inputs/cat.png").
+        while len(pieces) > 1 and len(numbers) < 2 and _is_number(pieces[-1]):
+            numbers.insert(0, pieces.pop())
+        return {"path": ":".join(pieces), **dict(zip(("weight", "stop"), numbers))}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _Shared(_Strict):
@@ -205,7 +219,17 @@ _Overrides = create_model(
 class Defaults(_Overrides):
     """Run-level defaults: models, generation settings, images per prompt, shard size, base seed."""
 
-    batch_size: int = Field(4, ge=1, description="Work items per shard.")
+    shard_size: int = Field(4, ge=1, description="Work items per shard (the unit a worker runs).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_shard_size_name(cls, data: Any) -> Any:
+        """Accept `batch_size`, the former name of `shard_size`, unless both are given."""
+        if isinstance(data, dict) and "batch_size" in data:
+            if "shard_size" in data:
+                raise ValueError("give shard_size or its former name batch_size, not both; keep shard_size")
+            data = {("shard_size" if key == "batch_size" else key): value for key, value in data.items()}
+        return data
 
 
 class PromptEntry(_Overrides):
@@ -261,7 +285,7 @@ class ManifestPrompt:
     seeds: tuple[int, ...]
     settings: GenerationSettings
     models: ModelSpec
-    image_prompts: tuple[tuple[str, float], ...] = ()
+    image_prompts: tuple[tuple[str, float, float | None], ...] = ()
     init_image: str | None = None
     noise_prompts: tuple[NoisePrompt, ...] = ()
 
@@ -272,7 +296,7 @@ class Manifest:
 
     file: str
     name: str | None
-    batch_size: int
+    shard_size: int
     prompts: tuple[ManifestPrompt, ...]
     base_dir: Path | None = None
     origins: dict[str, FieldPath] = field(default_factory=dict, compare=False, repr=False)
@@ -282,7 +306,7 @@ class Manifest:
         """Every image source the prompts name (local paths and ``store:`` keys), each once, in order."""
         found: dict[str, None] = {}
         for prompt in self.prompts:
-            found.update((source, None) for source, _ in prompt.image_prompts)
+            found.update((source, None) for source, _, _ in prompt.image_prompts)
             if prompt.init_image:
                 found[prompt.init_image] = None
         return list(found)
@@ -305,7 +329,9 @@ class Manifest:
             raise ManifestError(_join(self.file, errors))
         items = []
         for prompt in self.prompts:
-            images = tuple(ImagePrompt(source=s, digest=digests[s], weight=w) for s, w in prompt.image_prompts)
+            images = tuple(
+                ImagePrompt(source=s, digest=digests[s], weight=w, stop=stop) for s, w, stop in prompt.image_prompts
+            )
             init = None
             if prompt.init_image:
                 init = ImagePrompt(source=prompt.init_image, digest=digests[prompt.init_image])
@@ -379,12 +405,12 @@ def derive_seed(base: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def shards(items: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
-    """Group items that can share a batch (equal shard keys), in first-seen order, at most batch_size each."""
+def shards(items: list[WorkItem], shard_size: int) -> list[list[WorkItem]]:
+    """Group items that can share a batch (equal shard keys), in first-seen order, at most shard_size each."""
     groups: dict[tuple[str, str], list[WorkItem]] = {}
     for item in items:
         groups.setdefault(item.shard_key, []).append(item)
-    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+    return [group[i : i + shard_size] for group in groups.values() for i in range(0, len(group), shard_size)]
 
 
 class PromptSummary(TypedDict):
@@ -407,7 +433,7 @@ class PlanSummary(TypedDict):
     steps: int
 
 
-def describe_plan(items: list[WorkItem], batch_size: int) -> PlanSummary:
+def describe_plan(items: list[WorkItem], shard_size: int) -> PlanSummary:
     """Per prompt: images, size, steps and models; in all: images, shards and optimisation steps."""
     rows: dict[str, PromptSummary] = {}
     for item in items:
@@ -426,8 +452,8 @@ def describe_plan(items: list[WorkItem], batch_size: int) -> PlanSummary:
     return PlanSummary(
         prompts=list(rows.values()),
         images=len(items),
-        shards=len(shards(items, batch_size)),
-        steps=sum(item.settings.steps for item in items),
+        shards=len(shards(items, shard_size)),
+        steps=sum(item.settings.total_steps for item in items),
     )
 
 
@@ -485,8 +511,8 @@ def _pydantic_message(error: dict, root: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         nested = {"guides": GuideEntry, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
         model = nested[loc[-3]] if len(loc) >= 3 and loc[-3] in nested else root
-        if len(loc) >= 2 and loc[-2] == "video":
-            model = Video
+        if len(loc) >= 2 and loc[-2] in ("video", "zoom"):
+            model = Video if loc[-2] == "video" else Zoom
         return f"unknown field; allowed fields: {', '.join(sorted(model.model_fields))}"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
@@ -671,6 +697,7 @@ _CSV_LISTS = {
     "image_prompts": _SEMICOLONS,
     "guides": _SEMICOLONS,
     "noise_prompts": _SEMICOLONS,
+    "augments": re.compile(r"[\s;]+"),
 }
 """CSV columns that hold lists, and what separates their items."""
 
@@ -857,7 +884,7 @@ class _Validator:
             return Manifest(
                 file=self.file,
                 name=header.name,
-                batch_size=defaults.batch_size,
+                shard_size=defaults.shard_size,
                 prompts=tuple(p for p in prompts if p is not None),
                 base_dir=self.base_dir,
                 origins=self.origins,
@@ -882,7 +909,10 @@ class _Validator:
             return None  # the defaults are broken: what this prompt inherits from them cannot be checked
         models = self._models(entry, defaults)
         settings = GenerationSettings(
-            **{key: value for key in _SETTINGS_KEYS if (value := _pick(key, entry, defaults)) is not None}
+            **{
+                **self._preset_settings(entry, defaults),
+                **{key: value for key in _SETTINGS_KEYS if (value := _pick(key, entry, defaults)) is not None},
+            }
         )
         self._check_factor(settings, models, entry, path, dropped | self.defaults_dropped)
         self._check_outputs_and_schedule(settings, entry, path)
@@ -892,7 +922,7 @@ class _Validator:
             seeds=seeds,
             settings=settings,
             models=models,
-            image_prompts=tuple((image.path, image.weight) for image in entry.image_prompts),
+            image_prompts=tuple((image.path, image.weight, image.stop) for image in entry.image_prompts),
             init_image=entry.init_image,
             noise_prompts=tuple(_pick("noise_prompts", entry, defaults) or ()),
         )
@@ -926,6 +956,14 @@ class _Validator:
                 self.add(_over_limit(value, "pixels", settings.max_side, "MAX_SIDE"), *path, side)
         if level.steps is not None and level.steps > settings.max_steps:
             self.add(_over_limit(level.steps, "steps", settings.max_steps, "MAX_STEPS"), *path, "steps")
+
+    def _preset_settings(self, entry: PromptEntry, defaults: Defaults) -> dict[str, Any]:
+        """The generation settings the presets imply: the manifest's own preset's, then the override's on top.
+
+        So a manifest written for the `reference` preset keeps its recipe when run on the tiny models.
+        """
+        named = _pick("preset", entry, defaults) or DEFAULT_PRESET
+        return {**get_preset(named).settings, **(get_preset(self.preset).settings if self.preset else {})}
 
     def _models(self, entry: PromptEntry, defaults: Defaults) -> ModelSpec:
         if self.preset is not None:
@@ -970,25 +1008,37 @@ class _Validator:
 
         if settings.video is not None and not settings.save_every:
             self.add("video is made of the frames, and save_every is 0; set save_every, e.g. 10, or drop video", *where("video"))
+        zoom = settings.zoom
+        if zoom is not None:
+            if settings.save_every or settings.video is not None:
+                self.add(
+                    "a zoom video stores every frame and makes its own MP4; drop save_every and video (zoom.fps sets its frame rate)",
+                    *where("zoom"),
+                )
+            for axis, side, size in (("shift_x", "width", settings.width), ("shift_y", "height", settings.height)):
+                shift = getattr(zoom, axis)
+                if abs(shift) >= size:
+                    self.add(f"{shift} pixels, not less than the {size} px {side}; use -{size - 1} to {size - 1}", *where("zoom"), axis)
         stages = len(parse_schedule(entry.text))
         if stages > 1 and not settings.change_every:
             self.add(
                 f"the text is a schedule of {stages} prompts separated by '^', and change_every is 0; set change_every "
-                "to the steps each prompt guides, e.g. 50 (or write a literal '^' as '\\^')",
+                "to the steps (in a zoom video, the frames) each prompt guides, e.g. 50 (or write a literal '^' as '\\^')",
                 *path,
                 "text",
             )
-        elif stages > 1 and settings.change_every >= settings.steps:
+        elif stages > 1 and settings.change_every >= settings.turns:
+            turns = "frames of the zoom video" if zoom else "steps"
             self.add(
-                f"change_every is {settings.change_every}, not less than the {settings.steps} steps: only the first "
+                f"change_every is {settings.change_every}, not less than the {settings.turns} {turns}: only the first "
                 f"of the {stages} scheduled prompts would guide; use a smaller change_every",
                 *where("change_every"),
             )
 
     def _check_total_work(self, prompts: list[ManifestPrompt]) -> None:
         images = sum(len(p.seeds) for p in prompts)
-        steps = sum(len(p.seeds) * p.settings.steps for p in prompts)
-        pixel_steps = sum(len(p.seeds) * p.settings.width * p.settings.height * p.settings.steps for p in prompts)
+        steps = sum(len(p.seeds) * p.settings.total_steps for p in prompts)
+        pixel_steps = sum(len(p.seeds) * p.settings.width * p.settings.height * p.settings.total_steps for p in prompts)
         limit = self.settings.max_megapixel_steps
         if pixel_steps > limit * 1_000_000:
             self.add(

@@ -64,9 +64,9 @@ class ItemRecord(BaseModel):
     noise_prompts: list[NoisePrompt] = []
     image_key: str
     frame_keys: list[str] = []
-    """The intermediate images (every `save_every` steps), oldest first."""
+    """The intermediate images (every `save_every` steps), or every frame of a zoom video, oldest first."""
     video_key: str | None = None
-    """The MP4 of the frames and the final image, when the settings ask for one."""
+    """The MP4 of the frames and the final image, or of a zoom video's frames, when the settings ask for one."""
     engine: str = f"vqclip {__version__}"
     synthetic: str | None = None
     loss: float

@@ -12,13 +12,13 @@ import logging
 from datetime import datetime, timezone
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import ValidationError
 
 from vqclip import layout
 from vqclip.errors import StorageError, VqclipError
-from vqclip.generate import GenerationResult
 from vqclip.images import decode_image, encode_png
 from vqclip.items import WorkItem
 from vqclip.prompts import final_prompt, scoring_text
@@ -31,9 +31,10 @@ from vqclip.records import (
     RunIndex,
     item_settings,
 )
-from vqclip.score import Scored, rank
 from vqclip.storage import ObjectStore, open_store
-from vqclip.video import encode_mp4
+
+if TYPE_CHECKING:
+    from vqclip.generate import GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,28 @@ def commit_result(
         store.put_bytes(frame_keys[-1], encode_png(frame, {**settings, "frame_step": step}), content_type="image/png")
     video_key = None
     if item.settings.video is not None:
+        from vqclip.video import encode_mp4  # PyAV, only for runs with videos
+
         video_key = layout.video_key(run_id, item.item_id)
         video = encode_mp4([*result.frames, result.image], item.settings.video.fps)
         store.put_bytes(video_key, video, content_type="video/mp4")
-    record = ItemRecord(
+    record = item_record(item, result, device, attempt, image_key, frame_keys, video_key)
+    write_record(store, run_id, record)
+    return record
+
+
+def item_record(
+    item: WorkItem,
+    result: GenerationResult,
+    device: str,
+    attempt: int,
+    image_key: str,
+    frame_keys: list[str],
+    video_key: str | None,
+) -> ItemRecord:
+    """The sidecar of `item` (as planned), made as `result` says, whose outputs are stored under these keys."""
+    settings = item_settings(item)
+    return ItemRecord(
         **{k: settings[k] for k in ("item_id", "prompt_id", "index", "prompt", "parts", "seed", "engine", "synthetic")},
         settings=item.settings,
         models=item.models,
@@ -140,8 +159,6 @@ def commit_result(
         attempt=attempt,
         lr_used=result.item.settings.lr,
     )
-    write_record(store, run_id, record)
-    return record
 
 
 def write_record(store: ObjectStore, run_id: str, record: ItemRecord) -> None:
@@ -151,6 +168,8 @@ def write_record(store: ObjectStore, run_id: str, record: ItemRecord) -> None:
 
 def build_ranking(run_id: str, records: dict[str, ItemRecord]) -> Ranking:
     """Per prompt, its scored images best first, with the scorer that scored them."""
+    from vqclip.score import Scored, rank  # imports torch: kept off the path of `vqclip show` and `validate`
+
     prompts = {r.prompt_id: r.prompt for r in records.values()}
     scored = [r for r in records.values() if r.score is not None]
     scorers = {r.prompt_id: r.scorer for r in scored}
@@ -221,4 +240,4 @@ def load_index(store: ObjectStore, run_id: str) -> RunIndex:
 
 def scoring_prompt(record: ItemRecord) -> str:
     """The text an item is scored against."""
-    return scoring_text(final_prompt(record.prompt, record.settings.steps, record.settings.change_every))
+    return scoring_text(final_prompt(record.prompt, record.settings.turns, record.settings.change_every))

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     storage: str = Field("./vqclip-output", description="Output store: a folder, file://..., or s3://bucket/prefix.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (SeaweedFS, MinIO...).")
     s3_path_style: bool = Field(True, description="Path-style addressing (needed by most self-hosted S3 stores).")
+    browse_url: str | None = Field(
+        None,
+        description="Where `vqclip serve` answers for the store (e.g. http://127.0.0.1:8470): the Prefect UI's artifacts "
+        "then link every image, sidecar, contact sheet and gallery there. Thumbnails show without it.",
+    )
     shard_attempts: int = Field(3, gt=0, description="Dispatches of a remote shard before its items count as failed.")
     shard_timeout: float = Field(6 * 3600, gt=0, description="Seconds a batch waits for its remote shards.")
     batch_attempts: int = Field(

@@ -6,7 +6,8 @@ an item whose loss became non-finite restarts once from its seed at half the lea
 fails alone with the reason. Finished images are stored on background threads while the next batch
 computes, each commit tried again on transient faults (vqclip.retry), so a storage outage costs no
 GPU work; the shard is left, however it ends, only once the queued commits are done. A stop request
-(vqclip.shutdown) ends it at the next optimisation step with Interrupted.
+(vqclip.shutdown) ends it at the next optimisation step with Interrupted. Zoom items (vqclip.zoom) run
+one at a time after the others, each frame stored before the next starts.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from collections.abc import Callable
 import torch
 
 from vqclip import generate as engine
-from vqclip import shutdown
+from vqclip import shutdown, zoom
 from vqclip.batching import batch_size, batches
 from vqclip.generate import GenerationResult, ProgressCallback
 from vqclip.items import ModelSpec, WorkItem
 from vqclip.models.loader import Models
+from vqclip.progress import Listener, ShardTracker
 from vqclip.records import ShardOutcome
 from vqclip.retry import retry_transient
 from vqclip.runs import commit_result, pending_items, read_inputs
@@ -40,15 +42,19 @@ def run_shard(
     models: Callable[[ModelSpec], Models],
     config: Settings,
     log: Log,
-    progress: ProgressCallback | None = None,
+    progress: Listener | None = None,
 ) -> ShardOutcome:
     """Generate the items of `items` not yet stored in run `run_id` and commit each (PNG first, sidecar last).
 
     `models` gives the loaded models for the shard's spec; it is called only when an item is pending,
-    so a finished shard loads nothing. `progress` hears each batch's optimisation steps.
+    so a finished shard loads nothing. `progress` hears the shard's steps and stored images as they change.
     """
     shutdown.check()
     todo = pending_items(store, run_id, items)
+    tracker = ShardTracker(items, progress) if progress else None
+    if tracker:
+        pending = {item.item_id for item in todo}
+        tracker.done_before([item for item in items if item.item_id not in pending])
     if not todo:
         log.info("all %d items already done", len(items))
         return ShardOutcome(done=[i.item_id for i in items], failed={})
@@ -67,9 +73,12 @@ def run_shard(
         log.info("%d items in batches of %d (what fits in the device's free memory)", len(todo), size)
     failed: dict[str, str] = {}
     with BackgroundUploader(config.upload_queue) as uploads:
-        shard = _Shard(store, run_id, loaded, log, uploads, progress)
-        for batch in batches(todo, size):
+        shard = _Shard(store, run_id, loaded, log, uploads, tracker)
+        for batch in batches([item for item in todo if item.settings.zoom is None], size):
             failed |= shard.run(batch, config)
+        for item in todo:
+            if item.settings.zoom is not None:  # one at a time: each frame starts from the one before
+                failed |= shard.zoom_video(item, config)
     return ShardOutcome(done=[i.item_id for i in items if i.item_id not in failed], failed=failed)
 
 
@@ -77,9 +86,9 @@ class _Shard:
     """What every batch of one shard shares: where results go, the models, the log and the upload threads."""
 
     def __init__(
-        self, store: ObjectStore, run_id: str, models: Models, log: Log, uploads: BackgroundUploader, progress: ProgressCallback | None
+        self, store: ObjectStore, run_id: str, models: Models, log: Log, uploads: BackgroundUploader, tracker: ShardTracker | None
     ) -> None:
-        self.store, self.run_id, self.models, self.log, self.uploads, self.progress = store, run_id, models, log, uploads, progress
+        self.store, self.run_id, self.models, self.log, self.uploads, self.tracker = store, run_id, models, log, uploads, tracker
 
     def run(self, items: list[WorkItem], config: Settings) -> dict[str, str]:
         """Generate `items` as one batch and queue each finished image's commit; return failed items' errors."""
@@ -105,7 +114,7 @@ class _Shard:
             if not result.ok:
                 slower = item.settings.model_copy(update={"lr": item.settings.lr / 2})
                 self.log.warning("item %s: %s; restarting it from its seed at lr %g", item.item_id, result.error, slower.lr)
-                (result,) = self._generate([item.model_copy(update={"settings": slower})], config)
+                (result,) = self._generate([item.model_copy(update={"settings": slower})], config, counted=[item])
                 attempt = 2
             if result.ok:
                 self.uploads.submit(self._commit, item, result, attempt)
@@ -113,9 +122,28 @@ class _Shard:
                 failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"
         return failed
 
-    def _generate(self, items: list[WorkItem], config: Settings) -> list[GenerationResult]:
+    def zoom_video(self, item: WorkItem, config: Settings) -> dict[str, str]:
+        """Make one item's zoom video frame by frame and commit it (vqclip.zoom); return its error if it failed."""
+
+        def frame(work: WorkItem, images, progress: ProgressCallback | None) -> GenerationResult:
+            return engine.generate([work], self.models, config, images=images, progress=progress)[0]
+
+        error = zoom.make_video(item, self.run_id, self.store, frame, str(self.models.device), self.log, self._heard([item]))
+        if error:
+            return {item.item_id: error}
+        if self.tracker:
+            self.tracker.stored(item)
+        return {}
+
+    def _generate(self, items: list[WorkItem], config: Settings, counted: list[WorkItem] | None = None) -> list[GenerationResult]:
+        """Generate `items` as one batch; their steps count as those of `counted` (the planned items; default `items`)."""
         images = read_inputs(self.store, self.run_id, items)
-        return engine.generate(items, self.models, config, images=images, progress=self.progress)
+        return engine.generate(items, self.models, config, images=images, progress=self._heard(counted or items))
+
+    def _heard(self, items: list[WorkItem]) -> ProgressCallback | None:
+        """The engine's step callback for a batch of `items`, counting into the shard's tracker."""
+        tracker = self.tracker
+        return (lambda step, _total: tracker.steps(items, step)) if tracker else None
 
     def _commit(self, item: WorkItem, result: GenerationResult, attempt: int) -> None:
         # Runs on an upload thread, not as a Prefect task: task runs per image were two thirds of a
@@ -125,6 +153,8 @@ class _Shard:
             f"storing item {item.item_id}",
             self.log,
         )
+        if self.tracker:
+            self.tracker.stored(item)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

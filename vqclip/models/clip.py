@@ -9,15 +9,13 @@ from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.constants import HF_WEIGHTS_NAME
 from open_clip.model import CLIP
 from torch import nn
 
 from vqclip.errors import ModelError
 from vqclip.models.checkpoint import mapped_loads, skip_weight_init
-from vqclip.models.download import Wanted
-from vqclip.models.presets import RANDOM, TINY_CLIPS, RemoteFile, split_clip_name
-from vqclip.settings import Settings
+from vqclip.models.presets import TINY_CLIPS, split_clip_name
+from vqclip.models.weights import pretrained_cfg
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,43 +48,6 @@ class ClipModel:
         return self.model.encode_image(self.normalize(images))
 
 
-def _pretrained_cfg(model: str, tag: str) -> dict:
-    cfg = open_clip.get_pretrained_cfg(model, tag)
-    if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(model)
-        known = ", ".join(tags) if tags else "none (check the model name with `open_clip.list_models()`)"
-        raise ModelError(
-            f"CLIP {model}/{tag}: {tag!r} is not a pretrained tag of {model} nor an existing weight file; "
-            f"known tags: {known}; or '{RANDOM}' for random weights"
-        )
-    return cfg
-
-
-def clip_weight_file(name: str, settings: Settings) -> Wanted | Path | None:
-    """Where a CLIP model's weights come from: a cached or local Path, a Wanted download, or None (random)."""
-    model, tag = split_clip_name(name)
-    if tag == RANDOM:
-        return None
-    if model in TINY_CLIPS:
-        raise ModelError(f"{model} has no trained weights; write it as '{model}/{RANDOM}'")
-    if os.path.isfile(tag):
-        return Path(tag)
-    cfg = _pretrained_cfg(model, tag)
-    if cfg.get("hf_hub"):
-        repo, filename = os.path.split(cfg["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo, filename)
-        if isinstance(cached, str):
-            return Path(cached)
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-        remote = RemoteFile(filename, (f"{endpoint}/{repo}/resolve/main/{filename}",))
-        return Wanted(remote, settings.clip_cache / repo.replace("/", "--"), name)
-    url = cfg["url"]
-    return Wanted(RemoteFile(url.rsplit("/", 1)[-1], (url,)), settings.clip_cache / model, name)
-
-
 def _random_clip(model: str) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
@@ -107,7 +68,7 @@ def build_clip(name: str, weights: Path | None, device: torch.device) -> ClipMod
     if weights is None:
         model = _random_clip(model_name)
     else:
-        cfg = {} if os.path.isfile(tag) else _pretrained_cfg(model_name, tag)
+        cfg = {} if os.path.isfile(tag) else pretrained_cfg(model_name, tag)
         mean, std = cfg.get("mean", mean), cfg.get("std", std)
         try:
             with skip_weight_init(), mapped_loads(weights):

@@ -6,16 +6,15 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from vqclip.errors import ModelError
 from vqclip.items import ModelSpec, models_for_preset
-from vqclip.models.clip import ClipModel, build_clip, clip_weight_file
+from vqclip.models.clip import ClipModel, build_clip
 from vqclip.models.download import Wanted, ensure_files
-from vqclip.models.presets import PRESETS, RANDOM, VQGANS, get_vqgan_spec, split_clip_name
+from vqclip.models.presets import get_vqgan_spec
 from vqclip.models.vqgan import VQGAN, build_vqgan, load_vqgan
+from vqclip.models.weights import clip_name, clip_weight_file, required_files
 from vqclip.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -46,41 +45,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _clip_name(name: str, random_weights: bool) -> str:
-    model, _ = split_clip_name(name)
-    return f"{model}/{RANDOM}" if random_weights else name
-
-
-def required_files(spec: ModelSpec, settings: Settings, include_scorer: bool = True) -> list[Wanted]:
-    """The weight files `spec` needs that have to come from the cache (downloaded if missing)."""
-    wanted: list[Wanted] = []
-    vq = get_vqgan_spec(spec.vqgan)
-    if not spec.random_weights and vq.checkpoint is not None:
-        wanted += [Wanted(vq.config, settings.vqgan_cache, vq.name), Wanted(vq.checkpoint, settings.vqgan_cache, vq.name)]
-    names = [name for name, _ in spec.guides] + ([spec.scorer] if include_scorer else [])
-    for name in names:
-        source = clip_weight_file(_clip_name(name, spec.random_weights), settings)
-        if isinstance(source, Wanted) and source not in wanted:
-            wanted.append(source)
-    return wanted
-
-
-def named_files(name: str, settings: Settings) -> list[Wanted]:
-    """The weight files of a preset, a VQGAN or an open_clip ``MODEL/PRETRAINED`` model, by name."""
-    if name in PRESETS:
-        return required_files(models_for_preset(name), settings)
-    if name in VQGANS:
-        vq = VQGANS[name]
-        return [] if vq.checkpoint is None else [Wanted(f, settings.vqgan_cache, name) for f in (vq.config, vq.checkpoint)]
-    if "/" not in name:
-        raise ModelError(
-            f"unknown model {name!r}; give a preset ({', '.join(PRESETS)}), a VQGAN ({', '.join(VQGANS)}) "
-            "or an open_clip MODEL/PRETRAINED name such as ViT-B-32/laion2b_s34b_b79k"
-        )
-    source = clip_weight_file(name, settings)
-    return [source] if isinstance(source, Wanted) else []
 
 
 def _vqgan(spec: ModelSpec, settings: Settings, device: torch.device) -> VQGAN:
@@ -123,8 +87,8 @@ def load_models(
     device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
     with _LOADING:
         ensure_files(required_files(spec, settings, include_scorer), settings)
-        guides = [(_clip(_clip_name(name, spec.random_weights), settings, device), weight) for name, weight in spec.guides]
-        scorer = _clip(_clip_name(spec.scorer, spec.random_weights), settings, device) if include_scorer else None
+        guides = [(_clip(clip_name(name, spec.random_weights), settings, device), weight) for name, weight in spec.guides]
+        scorer = _clip(clip_name(spec.scorer, spec.random_weights), settings, device) if include_scorer else None
         return Models(spec=spec, vqgan=_vqgan(spec, settings, device), guides=guides, scorer=scorer, device=device)
 
 
@@ -156,11 +120,6 @@ def load_scorer(name: str, settings: Settings | None = None, device: torch.devic
         if isinstance(source, Wanted):
             ensure_files([source], settings)
         return _clip(name, settings, device)
-
-
-def cached_files(spec: ModelSpec, settings: Settings) -> list[tuple[Path, bool]]:
-    """Each weight file `spec` needs, and whether it is already in the cache."""
-    return [(w.path, w.path.exists()) for w in required_files(spec, settings)]
 
 
 def unload_models() -> None:

@@ -8,7 +8,10 @@ Once a config YAML is downloaded, it is the authority.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from vqclip.errors import ModelError
 
@@ -209,7 +212,10 @@ class GuideSpec:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named set of models: the VQGAN, the guiding CLIP ensemble and the scoring CLIP."""
+    """A named set of models (the VQGAN, the guiding CLIP ensemble and the scoring CLIP) and the generation settings it implies.
+
+    `settings` are defaults of `GenerationSettings` that a manifest or the command line may override.
+    """
 
     name: str
     description: str
@@ -218,6 +224,7 @@ class Preset:
     scorer: str
     random_weights: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     @property
     def synthetic(self) -> bool:
@@ -243,6 +250,15 @@ PRESETS: dict[str, Preset] = {
             "ViT-L-14/laion2b_s32b_b82k",
         ),
         Preset(
+            "reference",
+            "the reference scripts' recipe and defaults (nerdyrodent's VQGAN-CLIP generate.py): ImageNet f16 16384 VQGAN, "
+            "guided by OpenAI's ViT-B/32, 500 steps at 512x512, the latest cut method; scored by ViT-B-16 (LAION-2B)",
+            "imagenet_f16_16384",
+            (GuideSpec("ViT-B-32/openai"),),
+            "ViT-B-16/laion2b_s34b_b88k",
+            settings=MappingProxyType({"recipe": "reference"}),
+        ),
+        Preset(
             "default-random",
             "the default preset's architectures with deterministic random weights (benchmarks; no download)",
             "imagenet_f16_16384",
@@ -257,6 +273,8 @@ PRESETS: dict[str, Preset] = {
             (GuideSpec(f"tiny-clip-a/{RANDOM}"),),
             f"tiny-clip-b/{RANDOM}",
             random_weights=True,
+            # Random weights make noise at any size or length: a smoke run (`make demo PRESET=tiny`) takes seconds.
+            settings=MappingProxyType({"width": 128, "height": 128, "steps": 30, "cutouts": 8}),
         ),
     )
 }

@@ -51,6 +51,19 @@ class VQGAN(nn.Module):
         """Continuous latents (before quantisation) of images in [0, 1]."""
         return self.quant_conv(self.encoder(images * 2 - 1))
 
+    def quantised_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """The code indices (batch, rows, cols) the quantiser picks for images in [0, 1] (the reference's init).
+
+        The plain quantiser picks the code nearest to each encoded latent (taming's own call). The Gumbel
+        quantiser picks the code of highest logit: its choice without the Gumbel noise that taming adds to
+        every call, which comes from no seed and would make the start unrepeatable.
+        """
+        latents = self.encode(images)
+        if isinstance(self.quantize, GumbelQuantize):
+            return self.quantize.proj(latents).argmax(1)
+        _, _, (_, _, indices) = self.quantize(latents)
+        return indices.view(latents.shape[0], *latents.shape[2:])
+
     def decode(self, z_q: torch.Tensor, checkpointed: bool = False) -> torch.Tensor:
         """Images in roughly [-1, 1] from quantised latents.
 

@@ -1,0 +1,23 @@
+"""The search flow: find generated images across runs by text or by a stored image, as a table artifact."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.search import find_images, publish_search
+from vqclip.settings import get_settings
+
+
+@flow(name="search-images", persist_result=False)
+def search_images(
+    query: str | None = None,
+    storage: str | None = None,
+    runs: list[str] | None = None,
+    top: int = 10,
+    image_key: str | None = None,
+) -> dict:
+    """The images most like `query` (a text) or the store's image at `image_key`, per scoring model; over `runs` or every indexed run."""
+    storage = storage or get_settings().storage
+    result = find_images(storage, query, image_key, runs, top)
+    publish_search(storage, result)
+    return result.to_json()
