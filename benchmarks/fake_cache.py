@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from vqclip.items import models_for_preset
-from vqclip.models.download import Wanted
+from vqclip.models.download import HubFile, Wanted, Weights
 from vqclip.models.loader import RANDOM_WEIGHTS_SEED, required_files
 from vqclip.models.clip import _random_clip
 from vqclip.models.presets import get_vqgan_spec, split_clip_name
@@ -31,21 +31,34 @@ def fill(cache: Path, preset: str = "default") -> list[Path]:
     vq = get_vqgan_spec(spec.vqgan)
     written = []
     for wanted in required_files(spec, settings):
-        wanted.path.parent.mkdir(parents=True, exist_ok=True)
-        if wanted.remote == vq.config:
+        path = _place(wanted)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(wanted, Wanted) and wanted.remote == vq.config:
             config = {"model": {"target": vq.target, "params": vq.architecture}}
-            wanted.path.write_text(yaml.safe_dump(config))
-        elif wanted.remote == vq.checkpoint:
+            path.write_text(yaml.safe_dump(config))
+        elif isinstance(wanted, Wanted) and wanted.remote == vq.checkpoint:
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            torch.save({"global_step": 0, "state_dict": build_vqgan(vq.architecture, vq.target).state_dict()}, wanted.path)
+            torch.save({"global_step": 0, "state_dict": build_vqgan(vq.architecture, vq.target).state_dict()}, path)
         else:
             clip = next(name for name in [g for g, _ in spec.guides] + [spec.scorer] if _owns(name, wanted, settings))
-            torch.save(_random_clip(split_clip_name(clip)[0]).state_dict(), wanted.path)
-        written.append(wanted.path)
+            torch.save(_random_clip(split_clip_name(clip)[0]).state_dict(), path)
+        written.append(path)
     return written
 
 
-def _owns(clip: str, wanted: Wanted, settings: Settings) -> bool:
+def _place(file: Weights) -> Path:
+    """Where the file goes for the engine to find it cached; a Hub file in huggingface_hub's cache layout."""
+    if isinstance(file, Wanted):
+        return file.path
+    assert isinstance(file, HubFile)
+    commit = "0" * 40
+    repo = file.folder / f"models--{file.repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / file.revision).write_text(commit)
+    return repo / "snapshots" / commit / file.filename
+
+
+def _owns(clip: str, wanted: Weights, settings: Settings) -> bool:
     from vqclip.models.weights import clip_weight_file
 
     return clip_weight_file(clip, settings) == wanted

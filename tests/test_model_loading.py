@@ -21,6 +21,7 @@ from vqclip.errors import ModelError
 from vqclip.items import ModelSpec
 from vqclip.models import loader, presets
 from vqclip.models.checkpoint import load_state_dict
+from vqclip.models.download import HubFile
 from vqclip.models.loader import load_models
 from vqclip.models.presets import RemoteFile, VqganSpec
 from vqclip.models.vqgan import build_vqgan
@@ -310,11 +311,31 @@ def test_fetch_models_takes_an_open_clip_name_and_a_preset(served, monkeypatch, 
     name = "ViT-B-32/laion2b_s34b_b79k"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    wanted = clip_weight_file(name, settings)
-    server.files[wanted.remote.urls[0][len(server.url) :]] = b"weights"
+    hub = clip_weight_file(name, settings)
+    assert isinstance(hub, HubFile) and hub.repo == "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    server.files[f"/{hub.repo}/resolve/main/{hub.filename}"] = b"weights"
     done = fetch(name, "tiny")
     assert done.exit_code == 0, done.output
-    assert wanted.path.read_bytes() == b"weights"
+    fetched = hub.cached()
+    assert fetched.read_bytes() == b"weights" and fetched.is_relative_to(settings.clip_cache), fetched
+    requests = len(server.requests)
+    assert clip_weight_file(name, settings) == fetched and len(server.requests) == requests, "cached: no request"
+
+
+def test_an_unreachable_hub_fails_fast_naming_the_file_and_the_cache(served, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    _, _, _, settings = served
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    spec = ModelSpec(vqgan="tiny_f8", guides=(("ViT-B-32/laion2b_s34b_b79k", 1.0),), scorer="tiny-clip-b/random")
+    started = time.monotonic()
+    with pytest.raises(ModelError) as error:
+        load_models(spec, settings, device="cpu")
+    assert time.monotonic() - started < 5, "huggingface_hub's own retries would take 23 s here"
+    message = str(error.value)
+    assert "open_clip_pytorch_model.bin of laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in message
+    assert str(settings.clip_cache) in message and "ConnectError" in message
 
 
 def test_fetch_models_refuses_an_unknown_name_naming_what_it_takes(served):

@@ -1,7 +1,12 @@
-"""A loopback HTTP server for weight files, with Range support and a request log."""
+"""A loopback HTTP server for weight files, with Range support and a request log.
+
+It also answers as the Hugging Face Hub does for `/{repo}/resolve/{revision}/{file}` (HEAD, and the
+`X-Repo-Commit` and `ETag` headers huggingface_hub requires), so hub downloads can be tested too.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +20,10 @@ class WeightServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+                self.do_GET(body=False)
+
+            def do_GET(self, body: bool = True) -> None:  # noqa: N802
                 server.requests.append((self.path, self.headers.get("Range")))
                 data = server.files.get(self.path)
                 if data is None:
@@ -29,8 +37,11 @@ class WeightServer:
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
                 self.end_headers()
-                self.wfile.write(data[start:])
+                if body:
+                    self.wfile.write(data[start:])
 
             def log_message(self, *args) -> None:
                 pass

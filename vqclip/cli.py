@@ -170,7 +170,7 @@ def fetch_models(
     ] = None,
 ) -> None:
     """Download the weights of presets or single models into the cache (for machines that will run offline)."""
-    from vqclip.models.download import ensure_files
+    from vqclip.models.download import Wanted, ensure_files
     from vqclip.models.weights import named_files
     from vqclip.settings import get_settings
 
@@ -179,8 +179,8 @@ def fetch_models(
     with user_errors():
         files = list(dict.fromkeys(wanted for name in names for wanted in named_files(name, settings)))
         ensure_files(files, settings)
-    for wanted in files:
-        console.print(f"cached {wanted.path}")
+    for file in files:
+        console.print(f"cached {file.path if isinstance(file, Wanted) else file.cached()}")
     console.print(f"{', '.join(names)}: all weights in {settings.cache_dir}")
 
 

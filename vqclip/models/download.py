@@ -3,6 +3,10 @@
 A file is in the cache exactly when its final name exists: downloads go to a `.part` file that is
 renamed into place only after its checksum is checked. A sha256 not pinned in the registry is
 recorded beside the file on first download and checked on every later download of the same file.
+
+Files hosted on the Hugging Face Hub (`HubFile`) are fetched by `huggingface_hub` instead, into the
+Hub's cache layout inside our cache folder (revisions, resumable `.incomplete` files, its locks);
+one already in the Hub's shared cache is used from there.
 """
 
 from __future__ import annotations
@@ -44,6 +48,48 @@ class Wanted:
     @property
     def path(self) -> Path:
         return self.folder / self.remote.filename
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a Hugging Face Hub repository at a revision, and the model it is part of."""
+
+    repo: str
+    filename: str
+    folder: Path
+    model: str = field(compare=False)
+    revision: str = "main"
+
+    @property
+    def url(self) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo, self.filename, revision=self.revision, endpoint=_hub_endpoint())
+
+    def cached(self) -> Path | None:
+        """The file in the Hub's shared cache or in ours, else None."""
+        from huggingface_hub import try_to_load_from_cache
+
+        for cache_dir in (None, self.folder):
+            found = try_to_load_from_cache(self.repo, self.filename, cache_dir=cache_dir, revision=self.revision)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+
+    def download(self, timeout: float) -> Path:
+        """Fetch the file into our cache; the metadata request (no retries) must answer within `timeout`."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download
+
+        get_hf_file_metadata(self.url, timeout=timeout)  # fails at once where hf_hub_download would retry
+        path = hf_hub_download(
+            self.repo, self.filename, revision=self.revision, cache_dir=self.folder, etag_timeout=timeout, endpoint=_hub_endpoint()
+        )
+        return Path(path)
+
+
+def _hub_endpoint() -> str | None:
+    """HF_ENDPOINT as it is now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
 
 
 def offline(settings: Settings) -> bool:
@@ -148,13 +194,26 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _missing_message(failed: list[tuple[Wanted, list[str]]]) -> str:
+Weights = Wanted | HubFile
+"""A weight file the cache must hold: one we download ourselves, or one huggingface_hub fetches."""
+
+
+def is_cached(file: Weights) -> bool:
+    """Whether the file is in the cache already."""
+    return file.path.exists() if isinstance(file, Wanted) else file.cached() is not None
+
+
+def _missing_message(failed: list[tuple[Weights, list[str]]]) -> str:
     lines = ["model weights are missing from the cache and could not be downloaded:"]
-    for wanted, reasons in failed:
-        lines.append(f"  {wanted.remote.filename}: put it at {wanted.path}")
-        lines.extend(f"    from {url}" for url in wanted.remote.urls)
+    for file, reasons in failed:
+        if isinstance(file, Wanted):
+            lines.append(f"  {file.remote.filename}: put it at {file.path}")
+            lines.extend(f"    from {url}" for url in file.remote.urls)
+        else:
+            lines.append(f"  {file.filename} of {file.repo}: in the Hugging Face cache (HF_HOME) or under {file.folder}")
+            lines.append(f"    from {file.url}")
         lines.extend(f"    ({reason})" for reason in reasons)
-    models = " ".join(dict.fromkeys(wanted.model for wanted, _ in failed))
+    models = " ".join(dict.fromkeys(file.model for file, _ in failed))
     lines.append(
         f"On a machine with internet, run `vqclip fetch-models {models}` and copy the cache folder "
         "(VQCLIP_CACHE_DIR) here; or use `--preset tiny` for an offline smoke run."
@@ -162,45 +221,67 @@ def _missing_message(failed: list[tuple[Wanted, list[str]]]) -> str:
     return "\n".join(lines)
 
 
-def ensure_files(files: list[Wanted], settings: Settings) -> None:
+def _fetch_urls(wanted: Wanted, deadline: float, progress: Progress) -> list[str]:
+    """Download `wanted` from the first of its URLs that works before `deadline`; the reasons the others failed."""
+    reasons = []
+    for url in wanted.remote.urls:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            reasons.append(f"{url}: not tried, no time left to connect")
+            continue
+        if not _resolves(url, remaining):
+            reasons.append(f"{url}: cannot connect: host name does not resolve")
+            continue
+        try:
+            _download(url, wanted, deadline - time.monotonic(), progress)
+            log.info("downloaded %s from %s", wanted.path, url)
+            return []
+        except _ChecksumMismatch as exc:
+            reasons.append(f"{url}: corrupted download: {exc}")
+        except (requests.RequestException, OSError) as exc:
+            reasons.append(f"{url}: {_reason(exc)}")
+    return reasons or ["no URL to download it from"]
+
+
+def _fetch_hub(file: HubFile, deadline: float) -> list[str]:
+    """Download a Hub file through huggingface_hub before `deadline`; why it failed, if it did."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return [f"{file.url}: not tried, no time left to connect"]
+    if not _resolves(file.url, remaining):
+        return [f"{file.url}: cannot connect: host name does not resolve"]
+    try:
+        path = file.download(max(deadline - time.monotonic(), 0.1))
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises its own errors and its HTTP client's
+        return [f"{file.url}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+    log.info("downloaded %s from %s", path, file.url)
+    return []
+
+
+def ensure_files(files: list[Weights], settings: Settings) -> None:
     """Make sure every file is in the cache, downloading what is missing; one error names all failures.
 
     Reaching the hosts shares one connect budget (`settings.connect_timeout`), so an unreachable
     network fails within seconds instead of retrying.
     """
-    missing = [w for w in files if not w.path.exists()]
+    missing = [file for file in files if not is_cached(file)]
     if not missing:
         return
     if offline(settings):
-        raise ModelError(_missing_message([(w, ["offline mode: the network was not tried"]) for w in missing]))
+        raise ModelError(_missing_message([(file, ["offline mode: the network was not tried"]) for file in missing]))
     deadline = time.monotonic() + settings.connect_timeout
-    failed: list[tuple[Wanted, list[str]]] = []
+    failed: list[tuple[Weights, list[str]]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, transient=True) as progress:
-        for wanted in missing:
-            reasons = []
-            with _lock(wanted.path):
-                if wanted.path.exists():
-                    continue
-                for url in wanted.remote.urls:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        reasons.append(f"{url}: not tried, no time left to connect")
-                        continue
-                    if not _resolves(url, remaining):
-                        reasons.append(f"{url}: cannot connect: host name does not resolve")
-                        continue
-                    try:
-                        _download(url, wanted, deadline - time.monotonic(), progress)
-                        log.info("downloaded %s from %s", wanted.path, url)
-                        break
-                    except _ChecksumMismatch as exc:
-                        reasons.append(f"{url}: corrupted download: {exc}")
-                    except (requests.RequestException, OSError) as exc:
-                        reasons.append(f"{url}: {_reason(exc)}")
-                else:
-                    failed.append((wanted, reasons))
-                    continue
-            deadline = time.monotonic() + settings.connect_timeout
+        for file in missing:
+            if isinstance(file, HubFile):
+                reasons = _fetch_hub(file, deadline)
+            else:
+                with _lock(file.path):
+                    reasons = [] if file.path.exists() else _fetch_urls(file, deadline, progress)
+            if reasons:
+                failed.append((file, reasons))
+            else:
+                deadline = time.monotonic() + settings.connect_timeout
     if failed:
         raise ModelError(_missing_message(failed))

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
+from vqclip.errors import ModelError
 from vqclip.items import ModelSpec, models_for_preset
 from vqclip.models.clip import ClipModel, build_clip
-from vqclip.models.download import Wanted, ensure_files
+from vqclip.models.download import HubFile, Wanted, ensure_files
 from vqclip.models.presets import get_vqgan_spec
 from vqclip.models.vqgan import VQGAN, build_vqgan, load_vqgan
 from vqclip.models.weights import clip_name, clip_weight_file, required_files
@@ -67,8 +68,11 @@ def _clip(name: str, settings: Settings, device: torch.device) -> ClipModel:
     key = (f"clip:{name}", str(device))
     if key not in _LOADED:
         source = clip_weight_file(name, settings)
-        path = source.path if isinstance(source, Wanted) else source
-        _LOADED[key] = build_clip(name, path, device)
+        if isinstance(source, HubFile):
+            source = source.cached()
+            if source is None:  # the callers fetch first: reaching here is a bug, not random weights
+                raise ModelError(f"CLIP {name}: its weights were not fetched before loading")
+        _LOADED[key] = build_clip(name, source.path if isinstance(source, Wanted) else source, device)
     return _LOADED[key]
 
 
@@ -117,7 +121,7 @@ def load_scorer(name: str, settings: Settings | None = None, device: torch.devic
     device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
     with _LOADING:
         source = clip_weight_file(name, settings)
-        if isinstance(source, Wanted):
+        if isinstance(source, (Wanted, HubFile)):
             ensure_files([source], settings)
         return _clip(name, settings, device)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vqclip.errors import ModelError
 from vqclip.items import ModelSpec, models_for_preset
-from vqclip.models.download import Wanted
+from vqclip.models.download import HubFile, Wanted, Weights, is_cached
 from vqclip.models.presets import PRESETS, RANDOM, TINY_CLIPS, VQGANS, RemoteFile, get_vqgan_spec, split_clip_name
 from vqclip.settings import Settings
 
@@ -61,8 +61,8 @@ def _weight_location(model: str, tag: str) -> dict[str, str]:
     return PRESET_WEIGHT_LOCATIONS.get(f"{model}/{tag}") or pretrained_cfg(model, tag)
 
 
-def clip_weight_file(name: str, settings: Settings) -> Wanted | Path | None:
-    """Where a CLIP model's weights come from: a cached or local Path, a Wanted download, or None (random)."""
+def clip_weight_file(name: str, settings: Settings) -> Weights | Path | None:
+    """Where a CLIP model's weights come from: a cached or local Path, a file to download, or None (random)."""
     model, tag = split_clip_name(name)
     if tag == RANDOM:
         return None
@@ -73,15 +73,8 @@ def clip_weight_file(name: str, settings: Settings) -> Wanted | Path | None:
     cfg = _weight_location(model, tag)
     if cfg.get("hf_hub"):
         repo, filename = os.path.split(cfg["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo, filename)
-        if isinstance(cached, str):
-            return Path(cached)
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-        remote = RemoteFile(filename, (f"{endpoint}/{repo}/resolve/main/{filename}",))
-        return Wanted(remote, settings.clip_cache / repo.replace("/", "--"), name)
+        hub = HubFile(repo, filename or HF_WEIGHTS_NAME, settings.clip_cache, name)
+        return hub.cached() or hub
     url = cfg["url"]
     return Wanted(RemoteFile(url.rsplit("/", 1)[-1], (url,)), settings.clip_cache / model, name)
 
@@ -92,21 +85,21 @@ def clip_name(name: str, random_weights: bool) -> str:
     return f"{model}/{RANDOM}" if random_weights else name
 
 
-def required_files(spec: ModelSpec, settings: Settings, include_scorer: bool = True) -> list[Wanted]:
+def required_files(spec: ModelSpec, settings: Settings, include_scorer: bool = True) -> list[Weights]:
     """The weight files `spec` needs that have to come from the cache (downloaded if missing)."""
-    wanted: list[Wanted] = []
+    wanted: list[Weights] = []
     vq = get_vqgan_spec(spec.vqgan)
     if not spec.random_weights and vq.checkpoint is not None:
         wanted += [Wanted(vq.config, settings.vqgan_cache, vq.name), Wanted(vq.checkpoint, settings.vqgan_cache, vq.name)]
     names = [name for name, _ in spec.guides] + ([spec.scorer] if include_scorer else [])
     for name in names:
         source = clip_weight_file(clip_name(name, spec.random_weights), settings)
-        if isinstance(source, Wanted) and source not in wanted:
+        if isinstance(source, (Wanted, HubFile)) and source not in wanted:
             wanted.append(source)
     return wanted
 
 
-def named_files(name: str, settings: Settings) -> list[Wanted]:
+def named_files(name: str, settings: Settings) -> list[Weights]:
     """The weight files of a preset, a VQGAN or an open_clip ``MODEL/PRETRAINED`` model, by name."""
     if name in PRESETS:
         return required_files(models_for_preset(name), settings)
@@ -119,9 +112,9 @@ def named_files(name: str, settings: Settings) -> list[Wanted]:
             "or an open_clip MODEL/PRETRAINED name such as ViT-B-32/laion2b_s34b_b79k"
         )
     source = clip_weight_file(name, settings)
-    return [source] if isinstance(source, Wanted) else []
+    return [source] if isinstance(source, (Wanted, HubFile)) else []
 
 
-def cached_files(spec: ModelSpec, settings: Settings) -> list[tuple[Path, bool]]:
+def cached_files(spec: ModelSpec, settings: Settings) -> list[tuple[Weights, bool]]:
     """Each weight file `spec` needs, and whether it is already in the cache."""
-    return [(w.path, w.path.exists()) for w in required_files(spec, settings)]
+    return [(file, is_cached(file)) for file in required_files(spec, settings)]
