@@ -4,6 +4,7 @@ sent with `vqclip submit`. A worker and its flow-run process killed mid-shard lo
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -340,6 +342,11 @@ def test_ui_shows_the_batch_run_and_its_ranking_table(stack: StackState, tmp_pat
         score = repr(float(row["score"])).removesuffix(".0")
         for value in (row["prompt_id"], str(row["seed"]), score, row["item_id"]):
             assert re.search(rf">\s*{re.escape(value)}\s*<", artifact_dom), f"{value!r} of {row} is not on {pages['artifact']}"
+    # Each row links its image on the stack's read-only browser view of the bucket, and the link opens.
+    links = re.findall(rf'href="({re.escape(stack.browse_url)}/[^"]+?\.png)"', artifact_dom)
+    assert len(links) >= len(rows), f"no image links to {stack.browse_url} on {pages['artifact']}:\n{artifact_dom[-3000:]}"
+    with urllib.request.urlopen(html.unescape(links[0]), timeout=10) as response:
+        assert response.headers["Content-Type"] == "image/png" and response.read(8) == b"\x89PNG\r\n\x1a\n"
     print(f"\nUI pages of {done_name} rendered in {time.monotonic() - started:.0f} s; screenshots in {tmp_path}")
 
 

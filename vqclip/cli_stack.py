@@ -26,6 +26,7 @@ def up(
     gpu = ", ".join(f"gpu-{n}" for n in range(1, gpu_workers + 1))
     console.print(f"Prefect UI  [bold]{state.ui_url}[/]")
     console.print(f"storage     [bold]{state.storage}[/] (SeaweedFS S3 at {state.s3_endpoint_url})")
+    console.print(f"browse      [bold]{state.browse_url}/[/] (read-only: runs, galleries, images; the UI's artifacts link here)")
     console.print(f"workers     cpu-1 on pool cpu; {gpu} on pool gpu")
     console.print(f"logs, pids  {state.state_dir}; a supervisor restarts any piece that dies (`vqclip status`)", highlight=False)
     console.print(f"UI login    the PREFECT_API_AUTH_STRING in {env_file}", highlight=False)

@@ -2,8 +2,8 @@
 
 `start_stack` starts, each in a process session of its own and bound to 127.0.0.1 on free ports:
 a Prefect server (SQLite in the state folder), a SeaweedFS S3 server with one enforced identity and
-a bucket, a `cpu` worker and N `gpu` workers (process type; CPU-only unless the machine has a
-GPU). The server requires an auth string (Prefect's PREFECT_SERVER_API_AUTH_STRING) that the
+a bucket, a read-only `vqclip serve` view of the bucket (the workers' artifacts link their images
+there), a `cpu` worker and N `gpu` workers (process type; CPU-only unless the machine has a GPU). The server requires an auth string (Prefect's PREFECT_SERVER_API_AUTH_STRING) that the
 workers and `env.sh` pass. It creates the work pools, applies deployments/prefect.yaml and the
 automations (zombie flow runs marked Crashed; crashed batch runs reconciled), marks the runs a
 previous stack left in flight Crashed, records pids, ports and URLs in `<state>/stack.json` (logs
@@ -62,6 +62,7 @@ ZOMBIE_AUTOMATION = "vqclip-crash-zombie-flow-runs"
 RECONCILE_AUTOMATION = "vqclip-reconcile-crashed-runs"
 RECONCILE_DEPLOYMENT = "reconcile-runs/reconcile-runs"
 SUPERVISOR = "supervisor"
+BROWSE = "browse"
 WORKER_QUERY_S = 2  # how often a worker asks for work (Prefect's default, 10 s, slows a small stack)
 
 SERVER_START_TIMEOUT_S = 120.0
@@ -105,6 +106,7 @@ class StackState(BaseModel):
     access_key: str
     secret_key: str
     auth_string: str = ""
+    browse_port: int = 0
     socket_dir: str
     stray_sockets: list[str] = []
     gpu_workers: int = 0
@@ -130,7 +132,13 @@ class StackState(BaseModel):
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": REGION,
+            **({"VQCLIP_BROWSE_URL": self.browse_url} if self.browse_port else {}),
         }
+
+    @property
+    def browse_url(self) -> str:
+        """Where the stack's `vqclip serve` shows its bucket (the artifacts link there)."""
+        return f"http://127.0.0.1:{self.browse_port}"
 
 
 # ---------------------------------------------------------------- processes
@@ -393,6 +401,8 @@ def process_env(state: StackState, name: str) -> dict[str, str]:
         return server_env(state)
     if name.startswith("worker-"):
         return worker_env(state, gpu=name.startswith(f"worker-{GPU_POOL}-"))
+    if name == BROWSE:
+        return client_env(state)
     return _base_env(state)
 
 
@@ -406,6 +416,15 @@ def worker_env(state: StackState, gpu: bool) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- Prefect server API
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers `url` with a success."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 400
+    except OSError:
+        return False
 
 
 def _api_healthy(api_url: str) -> bool:
@@ -565,6 +584,7 @@ def _worker_names(state: StackState, pool: str) -> set[str]:
 def _new_state(state_dir: Path, project_dir: Path, gpu_workers: int, previous: StackState | None) -> StackState:
     """Ports, credentials and paths for a start: a previous run's credentials and ports where they are still free."""
     server_port = previous.server_port if previous and can_bind(previous.server_port) else free_ports(1)[0]
+    browse_port = previous.browse_port if previous and previous.browse_port and can_bind(previous.browse_port) else free_ports(1)[0]
     s3_ports = previous.s3_ports if previous and all(can_bind(p) for p in previous.s3_ports.values()) else None
     if s3_ports is None or set(s3_ports) != set(PORT_NAMES):
         s3_ports = {}
@@ -576,6 +596,7 @@ def _new_state(state_dir: Path, project_dir: Path, gpu_workers: int, previous: S
         api_url=api_url,
         ui_url=f"http://127.0.0.1:{server_port}",
         server_port=server_port,
+        browse_port=browse_port,
         storage=f"s3://{BUCKET}/{PREFIX}",
         bucket=BUCKET,
         s3_endpoint_url="",
@@ -644,7 +665,14 @@ def start_stack(
                                                      started_at=time.time()))
             save_state(state)
 
+        report(f"starting the read-only browser view of the bucket on {state.browse_url}")
+        browse = spawn(BROWSE, [sys.executable, "-m", "vqclip.cli", "serve", "--storage", state.storage, "--port", str(state.browse_port)],
+                       logs / "browse.log", process_env(state, BROWSE), project_dir)
+        state.processes.append(browse)
+        save_state(state)
+
         wait_for("Prefect server", lambda: _api_healthy(state.api_url), SERVER_START_TIMEOUT_S, server)
+        wait_for("the browser view", lambda: _answers(state.browse_url), SERVER_START_TIMEOUT_S, browse)
         report("creating work pools, deployments and automations")
         _create_pools(state)
         _deploy(state)
@@ -716,7 +744,7 @@ def stop_processes(state: StackState) -> list[str]:
     for batch in (workers, servers):
         kill_tree([record.pid for record in batch])
     # A server someone restarted by hand on the stack's ports (its data in the state folder) is the stack's too.
-    strays = {pid for pid in listening_pids([state.server_port, *state.s3_ports.values()]) if _uses_folder(pid, state.state_dir)}
+    strays = {pid for pid in listening_pids([state.server_port, *state.s3_ports.values(), *([state.browse_port] if state.browse_port else [])]) if _uses_folder(pid, state.state_dir)}
     kill_tree(strays)
     for sock in state.stray_sockets:
         Path(sock).unlink(missing_ok=True)
@@ -787,6 +815,8 @@ def stack_health(state_dir: str | Path = DEFAULT_STATE_DIR) -> StackHealth:
     ]
     checks = {f"Prefect API answers at {state.api_url}": state.running and _api_healthy(state.api_url),
               f"S3 bucket {state.bucket} answers at {state.s3_endpoint_url}": state.running and _s3_healthy(state)}
+    if state.browse_port:
+        checks[f"the browser view answers at {state.browse_url}"] = state.running and _answers(state.browse_url)
     for pool, wanted in ((CPU_POOL, 1), (GPU_POOL, state.gpu_workers)):
         try:
             online = len(_worker_names(state, pool)) if checks[f"Prefect API answers at {state.api_url}"] else 0
