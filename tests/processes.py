@@ -1,7 +1,11 @@
-"""Finding the processes a test started, by a marker in their environment (Linux: reads /proc)."""
+"""The processes a test started: found by a marker in their environment (Linux: reads /proc), killed mid-run."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -15,3 +19,14 @@ def processes_with(marker: str) -> dict[int, bytes]:
         except OSError:
             pass
     return found
+
+
+def kill_once_stored(process: subprocess.Popen, folder: Path, pattern: str, count: int, what: str, poll: float = 0.2) -> None:
+    """SIGKILL `process`'s whole group (its own session) once `folder` holds `count` files matching `pattern`."""
+    deadline = time.monotonic() + 240
+    while len(list(folder.glob(pattern))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"no {what} was stored in time"
+        time.sleep(poll)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
 
 from tests.manifests import BAD
+from tests.processes import kill_once_stored
 from tests.runs import TINY_RUN, files_under
 from vqclip.cli import app
 from vqclip.manifest import load_manifest_file
@@ -79,13 +78,7 @@ def test_a_killed_run_resumes_with_exactly_the_missing_items(tmp_path):
     planned = {item.item_id for item in load_manifest_file(manifest).plan()}
 
     first = vqclip("run", str(manifest), "--storage", str(out), "--run-id", "k1")
-    deadline = time.monotonic() + 240
-    while len(list(items_dir.glob("*.json"))) < 2:
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, "no item was committed in time"
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_once_stored(first, items_dir, "*.json", 2, "item")
     before = {p.name: p.read_bytes() for p in items_dir.glob("*.png") if (items_dir / (p.stem + ".json")).exists()}
     assert 2 <= len(before) < len(planned)
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.processes import kill_once_stored
 from vqclip import layout, shard, shutdown
 from vqclip.errors import Interrupted, ManifestError
 from vqclip.images import decode_image
@@ -198,13 +197,7 @@ def test_a_zoom_run_killed_mid_video_resumes_without_making_a_stored_frame_again
     command = [sys.executable, "-m", "vqclip.cli", "run", str(manifest), "--storage", str(out), "--run-id", "z1"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     frames = out / "runs" / "z1" / "items"
-    deadline = time.monotonic() + 240
-    while len(list(frames.glob("*/zoom/*.png"))) < 2:
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, "no frame was stored in time"
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_once_stored(first, frames, "*/zoom/*.png", 2, "frame", poll=0.05)
     stored = {p: p.stat().st_mtime_ns for p in frames.glob("*/zoom/*.png")}
     assert 2 <= len(stored) < 6 and not list(frames.glob("*.json")), "the item must not be finished yet"
 
