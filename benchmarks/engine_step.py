@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from vqclip.generate import generate
+from vqclip.engine.generate import generate
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.loader import load_models
 from vqclip.settings import Settings

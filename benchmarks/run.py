@@ -68,7 +68,7 @@ def _engine_row(models: Models, variant: str, switches: dict, batch: int, size: 
 
 def largest_batch(models: Models, size: int, cutouts: int, switches: dict) -> int:
     """The batch the pipeline's auto-batching would pick on this GPU, capped at LARGEST_BATCH_CAP."""
-    from vqclip.batching import batch_size
+    from vqclip.engine.batching import batch_size
 
     items = bench_items(models.spec, LARGEST_BATCH_CAP, size, cutouts, 1)
     return batch_size(models, items, Settings(**switches))
@@ -86,7 +86,7 @@ def compiled(quick: bool, repeats: int, baseline: dict | None) -> dict:
 def compiled_row(preset: str, size: int, cutouts: int, batch: int, repeats: int) -> dict:
     """One engine row with torch.compile on, measured in a child process with a time limit."""
     code = (
-        "import json; from benchmarks.run import _engine_row; from vqclip.acceleration import Accelerated; "
+        "import json; from benchmarks.run import _engine_row; from vqclip.engine.acceleration import Accelerated; "
         "from vqclip.models.loader import load_models; "
         f"m = load_models({preset!r}, device='cuda', include_scorer=False); "
         f"row = _engine_row(m, 'bf16-compile', {BF16_COMPILE!r}, {batch}, {size}, {cutouts}, {repeats}); "
@@ -130,7 +130,7 @@ def quality(device: str, quick: bool) -> dict:
     alone instead of in the batch (strict fp32)."""
     import numpy as np
 
-    from vqclip.generate import generate
+    from vqclip.engine.generate import generate
 
     if device == "cpu" and not quick:
         return {"note": "not measured on CPU: 2 x 4 full-size items x 100 steps take about an hour here"}
@@ -163,7 +163,7 @@ def memory_cpu(quick: bool) -> list[dict]:
     rows = []
     for batch in (1, 4):
         code = (
-            "import resource; from benchmarks.engine_step import bench_items; from vqclip.generate import generate; "
+            "import resource; from benchmarks.engine_step import bench_items; from vqclip.engine.generate import generate; "
             "from vqclip.models.loader import load_models; "
             f"m = load_models({preset!r}, device='cpu', include_scorer=False); "
             f"generate(bench_items(m.spec, {batch}, {size}, {cutouts}, 2), m); "
@@ -179,7 +179,7 @@ def memory_cuda(quick: bool) -> list[dict]:
 
     Each is measured after a first step at its shape, so first-time work (lazy kernel loading) is not counted.
     """
-    from vqclip.generate import generate
+    from vqclip.engine.generate import generate
 
     preset, sizes = ("tiny", (64, 128)) if quick else ("default-random", (256, 512, 768))
     models = load_models(preset, device="cuda", include_scorer=False)
@@ -275,8 +275,8 @@ def scoring(device: str, quick: bool, repeats: int) -> dict:
     """Images scored per second by the default preset's scoring architecture, batches of 32."""
     from PIL import Image
 
+    from vqclip.engine.score import score
     from vqclip.models.loader import load_scorer
-    from vqclip.score import score
 
     name = "tiny-clip-b/random" if quick else "ViT-B-16/random"
     scorer = load_scorer(name, device=device)

@@ -16,10 +16,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from flows.lineage import run_tag, shard_tag
-from vqclip import layout
 from vqclip.errors import StorageError
 from vqclip.items import WorkItem
-from vqclip.records import ShardOutcome
+from vqclip.run import layout
+from vqclip.run.records import ShardOutcome
 from vqclip.settings import get_settings
 from vqclip.storage import open_store
 

@@ -26,7 +26,7 @@ from prefect.states import Failed
 from pydantic import BaseModel
 
 from flows.lineage import ATTEMPT_TAG, RESUMED_TAG, RUN_TAG, attempt_tag, run_id_of, run_tag, tag_value
-from vqclip.resume import resume_command
+from vqclip.run.resume import resume_command
 from vqclip.settings import get_settings
 
 BATCH_FLOW = "batch-generate"

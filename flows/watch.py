@@ -20,10 +20,10 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from vqclip import layout
 from vqclip.errors import ManifestError, ObjectNotFound, PromptError, StorageError
 from vqclip.manifest import check_size, load_manifest, store_reader
-from vqclip.runs import new_run_id
+from vqclip.run import layout
+from vqclip.run.state import new_run_id
 from vqclip.settings import get_settings
 from vqclip.storage import ObjectStore, open_store, validate_key
 

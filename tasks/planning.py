@@ -8,10 +8,10 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.retry import retried
-from vqclip import layout
 from vqclip.items import WorkItem
 from vqclip.manifest import load_manifest, store_reader
-from vqclip.runs import new_run_id, read_manifest_source, stage_inputs
+from vqclip.run import layout
+from vqclip.run.state import RunStore, new_run_id, read_manifest_source
 from vqclip.storage import open_store
 
 
@@ -34,5 +34,5 @@ def prepare_run(manifest: str, storage: str, run_id: str | None, preset: str | N
     items = parsed.plan(read_source=read_store)
     run_id = layout.check_run_id(run_id or new_run_id(name, data))
     store.put_bytes(layout.manifest_key(run_id, Path(name).suffix.lower()), data)
-    stage_inputs(store, run_id, items, lambda source: parsed.read_bytes(source, read_store))
+    RunStore(store, run_id).stage_inputs(items, lambda source: parsed.read_bytes(source, read_store))
     return PreparedRun(run_id=run_id, manifest_name=name, items=items, shard_size=parsed.shard_size)

@@ -9,13 +9,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import retried
-from vqclip import layout
 from vqclip.browse import browse_link
-from vqclip.images import decode_image
 from vqclip.items import WorkItem
-from vqclip.records import IndexEntry, ItemRecord, Ranking, RunIndex
-from vqclip.report import SCORE_MEANING, contact_sheet, gallery_html, markdown_text, thumbnail_data_uri
-from vqclip.runs import build_index, build_ranking, put_json
+from vqclip.media.png import decode_image
+from vqclip.run import layout
+from vqclip.run.records import IndexEntry, ItemRecord, Ranking, RunIndex
+from vqclip.run.report import SCORE_MEANING, contact_sheet, gallery_html, markdown_text, thumbnail_data_uri
+from vqclip.run.state import build_index, build_ranking, put_json
 from vqclip.settings import get_settings
 from vqclip.storage import ObjectStore, open_store
 

@@ -15,6 +15,8 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
+        # Prefect's 20 s wait for its ephemeral API server runs out on a loaded 2-core machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "VQCLIP_CACHE_DIR": str(_SESSION_DIR / "cache"),
     }
 )

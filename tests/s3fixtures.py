@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vqclip.seaweedfs import SeaweedServer
 from vqclip.settings import get_settings
+from vqclip.stack.seaweedfs import SeaweedServer
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from vqclip.acceleration import Accelerated
-from vqclip.generate import generate
-from vqclip.settings import Settings
 from tests.engine import SETTINGS, item, pixels
+from vqclip.engine.acceleration import Accelerated
+from vqclip.engine.generate import generate
+from vqclip.settings import Settings
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_a_failing_compile_falls_back_to_eager_with_the_same_result(tiny_models,
     vqgan = tiny_models.vqgan
     batch = [item("a castle", 4, SETTINGS.model_copy(update={"steps": 5}))]
     (eager,) = generate(batch, tiny_models, Settings())
-    with caplog.at_level(logging.WARNING, logger="vqclip.acceleration"):
+    with caplog.at_level(logging.WARNING, logger="vqclip.engine.acceleration"):
         (fallback,) = generate(batch, tiny_models, Settings(compile=True))
     assert "torch.compile failed (RuntimeError: inductor: no C++ compiler found); running eagerly" in caplog.text
     assert np.abs(pixels(eager) - pixels(fallback)).max() <= 2

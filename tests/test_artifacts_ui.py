@@ -23,12 +23,12 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import batch_generate
 from tests.chromium import CHROMIUM, Browser
-from vqclip import layout
 from vqclip.browse import make_server
-from vqclip.images import decode_image
-from vqclip.report import LABEL
-from vqclip.seaweedfs import free_ports
+from vqclip.media.png import decode_image
+from vqclip.run import layout
+from vqclip.run.report import LABEL
 from vqclip.settings import get_settings
+from vqclip.stack.seaweedfs import free_ports
 from vqclip.storage import ObjectStore, open_store
 
 # Slow: a Prefect server with its UI, Chromium and two batch runs (2 minutes on a busy 2-core machine).

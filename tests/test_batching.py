@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqclip.batching import batch_size, batches, fit_batch, measure_batch_memory
-from vqclip.settings import Settings
 from tests.engine import item
+from vqclip.engine.batching import batch_size, batches, fit_batch, measure_batch_memory
+from vqclip.settings import Settings
 
 GIB = 2**30
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.manifests import BAD
 from tests.processes import kill_once_stored
 from tests.runs import TINY_RUN, files_under
-from vqclip.cli import app
+from vqclip.cli.main import app
 from vqclip.manifest import load_manifest_file
 from vqclip.settings import get_settings
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from vqclip import generate as generate_module
-from vqclip.generate import OPTIMISERS, generate, noise_embedding, prompt_loss
-from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
 from tests.engine import SETTINGS, item, pixels
+from vqclip.engine import generate as generate_module
+from vqclip.engine.generate import OPTIMISERS, generate, noise_embedding, prompt_loss
+from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
 
 
 def early_and_late(history: list[float]) -> tuple[float, float]:

@@ -11,10 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.manifests import BAD, CAT, DOG, STORED, png
-from vqclip.cli import app
+from vqclip.cli.main import app
 from vqclip.errors import ManifestError, ObjectNotFound
 from vqclip.items import GenerationSettings, Video, models_for_preset
-from vqclip.prompts import WeightedPrompt
 from vqclip.manifest import (
     Defaults,
     PromptEntry,
@@ -24,6 +23,7 @@ from vqclip.manifest import (
     load_manifest_file,
     shards,
 )
+from vqclip.prompts import WeightedPrompt
 from vqclip.settings import Settings, get_settings
 from vqclip.storage import open_store
 
@@ -389,7 +389,7 @@ prompts:
 def test_every_optimiser_of_the_engine_can_be_chosen():
     from typing import get_args
 
-    from vqclip.generate import OPTIMISERS
+    from vqclip.engine.generate import OPTIMISERS
     from vqclip.items import Optimizer
 
     assert set(OPTIMISERS) == set(get_args(Optimizer))

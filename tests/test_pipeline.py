@@ -12,10 +12,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import batch_generate
 from tasks import generation
-from vqclip import layout, shard
-from vqclip.images import read_png_metadata
-from vqclip.records import ItemRecord, Ranking, RunIndex
 from tests.runs import ITEMS, check_complete_run
+from vqclip.media.png import read_png_metadata
+from vqclip.run import layout, shard
+from vqclip.run.records import ItemRecord, Ranking, RunIndex
+from vqclip.run.state import RunStore
 from vqclip.storage import open_store
 
 
@@ -111,10 +112,10 @@ def test_prompt_text_in_the_summary_artifact_renders_as_text(tmp_path, prefect_a
 
 
 def test_each_prompt_is_scored_and_ranked_by_its_own_scorer(tmp_path, prefect_api):
-    from vqclip.images import decode_image
+    from vqclip.engine.score import score
+    from vqclip.media.png import decode_image
     from vqclip.models.loader import load_scorer
-    from vqclip.runs import scoring_prompt
-    from vqclip.score import score
+    from vqclip.run.state import scoring_prompt
 
     path = tmp_path / "scorers.yaml"
     path.write_text(
@@ -143,9 +144,8 @@ def test_each_prompt_is_scored_and_ranked_by_its_own_scorer(tmp_path, prefect_ap
 def test_the_sidecar_carries_the_parsed_prompt_as_the_png_does(tmp_path):
     from PIL import Image
 
-    from vqclip.generate import GenerationResult
+    from vqclip.engine.generate import GenerationResult
     from vqclip.items import GenerationSettings, NoisePrompt, WorkItem, models_for_preset
-    from vqclip.runs import commit_result
 
     item = WorkItem(
         prompt_id="fox",
@@ -157,7 +157,7 @@ def test_the_sidecar_carries_the_parsed_prompt_as_the_png_does(tmp_path):
     )
     result = GenerationResult(item=item, image=Image.new("RGB", (8, 8)), loss=0.0, similarity={}, first_similarity={}, seconds=0.1)
     store = open_store(str(tmp_path / "out"))
-    record = commit_result(store, "parts", item, result, "cpu")
+    record = RunStore(store, "parts").commit(item, result, "cpu")
     expected = [
         {"text": "a red fox", "weight": 2.0, "stop": 0.8},
         {"text": "blurry", "weight": -0.5, "stop": None},
@@ -183,7 +183,7 @@ def test_frames_and_video_are_committed_before_the_sidecar_and_listed_in_it(tmp_
     written = []
     put = type(store).put_bytes
     monkeypatch.setattr(type(store), "put_bytes", lambda self, key, *a, **k: written.append(key) or put(self, key, *a, **k))
-    outcome = shard.run_shard([item], "frames", store, lambda _: tiny_models, Settings(), logging.getLogger("test"))
+    outcome = shard.run_shard([item], RunStore(store, "frames"), lambda _: tiny_models, Settings(), logging.getLogger("test"))
     assert outcome.done == [item.item_id]
     record = ItemRecord.model_validate_json(store.get_bytes(layout.sidecar_key("frames", item.item_id)))
     frames = [layout.frame_key("frames", item.item_id, step) for step in (2, 4)]

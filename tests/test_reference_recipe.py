@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vqclip import generate as generate_module
+from vqclip.engine import generate as generate_module
+from vqclip.engine.generate import generate, gradient_image, init_weight_loss
 from vqclip.errors import ModelError
-from vqclip.generate import generate, gradient_image, init_weight_loss
 from vqclip.items import GenerationSettings, ImagePrompt, WorkItem, models_for_preset
 from vqclip.manifest import load_manifest
 from vqclip.models.loader import Models, load_models

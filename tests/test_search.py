@@ -15,18 +15,19 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vqclip import embedding_index, layout
-from vqclip.cli import app
-from vqclip.embedding_index import EmbeddingIndex, add_run
-from vqclip.embeddings import load_embeddings
-from vqclip.generate import GenerationResult
-from vqclip.images import decode_image
+from vqclip.cli.main import app
+from vqclip.engine.generate import GenerationResult
+from vqclip.engine.score import embed_images
 from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.media.png import decode_image
 from vqclip.models.loader import load_scorer
-from vqclip.run_scoring import score_run
-from vqclip.runs import commit_result, done_records
-from vqclip.score import embed_images
-from vqclip.search import search
+from vqclip.run import layout
+from vqclip.run.embeddings import load_embeddings
+from vqclip.run.scoring import score_run
+from vqclip.run.state import RunStore
+from vqclip.search import index as embedding_index
+from vqclip.search.index import EmbeddingIndex, add_run
+from vqclip.search.query import search
 from vqclip.storage import open_store
 
 SCORER_A, SCORER_B = "tiny-clip-a/random", "tiny-clip-b/random"
@@ -55,7 +56,7 @@ def make_run(store, run_id: str, scorer: str = SCORER_B, count: int = 4, seed: i
     ]
     for item in items:
         image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-        commit_result(store, run_id, item, GenerationResult(item=item, image=image, loss=0.5, similarity={}, first_similarity={}, seconds=0.1), "cpu")
+        RunStore(store, run_id).commit(item, GenerationResult(item=item, image=image, loss=0.5, similarity={}, first_similarity={}, seconds=0.1), "cpu")
     return score_run(store, run_id, {item.item_id: scorer for item in items}, cpu_scorer, LOG)
 
 
@@ -112,7 +113,7 @@ def test_the_index_after_an_incremental_update_equals_one_built_from_scratch(sto
     assert index_rows(incremental) == index_rows(scratch)
     assert [len(block.segments) for block in scratch[SCORER_B].blocks] == [2]
 
-    records = {**done_records(store, "run-1"), **done_records(store, "run-2")}
+    records = {**RunStore(store, "run-1").done_records(), **RunStore(store, "run-2").done_records()}
     target = max(records.values(), key=lambda r: (r.image_key.startswith("runs/run-2/"), r.item_id))
     image = decode_image(store.get_bytes(target.image_key))
     for index in (live, EmbeddingIndex(store)):
@@ -163,7 +164,7 @@ def test_a_run_scored_before_embeddings_were_kept_is_embedded_on_demand(tmp_path
     kept = load_embeddings(store, "old", SCORER_B)
     store.delete(layout.embeddings_key("old", SCORER_B))
 
-    from vqclip import embeddings
+    from vqclip.run import embeddings
 
     encoded: list[int] = []
     real = embeddings.embed_images
@@ -213,7 +214,7 @@ def test_a_finished_batch_run_is_searchable_and_the_search_flow_publishes_a_tabl
     storage = str(tmp_path / "store")
     assert batch_generate(manifest=str(manifest), storage=storage, run_id="batch-1", return_state=True).is_completed()
     store = open_store(storage)
-    records = done_records(store, "batch-1")
+    records = RunStore(store, "batch-1").done_records()
     assert sorted(row[1] for row in index_rows(EmbeddingIndex(store).refresh())[SCORER_B]) == sorted(records)
 
     target = next(iter(records.values()))

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vqclip import layout, retry, shard
+from vqclip import retry
+from vqclip.engine.generate import GenerationResult
 from vqclip.errors import Interrupted, PermanentStorageError, TransientStorageError
-from vqclip.generate import GenerationResult
 from vqclip.items import GenerationSettings, WorkItem, models_for_preset
-from vqclip.runs import load_record
+from vqclip.run import layout, shard
+from vqclip.run.state import RunStore
 from vqclip.settings import Settings
 from vqclip.storage.local import LocalStore
 
@@ -36,7 +37,7 @@ def result(item: WorkItem, error: str | None = None) -> GenerationResult:
 
 
 class Engine:
-    """Stands in for vqclip.generate.generate; records each batch's items and the settings it ran with."""
+    """Stands in for vqclip.engine.generate.generate; records each batch's items and the settings it ran with."""
 
     def __init__(self, fail=lambda items, config: None) -> None:
         self.calls: list[tuple[list[WorkItem], Settings]] = []
@@ -65,11 +66,11 @@ def waits(monkeypatch) -> list[float]:
 
 def run(items, store, engine, monkeypatch, config: Settings | None = None):
     monkeypatch.setattr(shard.engine, "generate", engine)
-    return shard.run_shard(items, RUN, store, lambda spec: CPU, config or Settings(), LOG)
+    return shard.run_shard(items, RunStore(store, RUN), lambda spec: CPU, config or Settings(), LOG)
 
 
 def stored(store, items) -> list[bool]:
-    return [load_record(store, RUN, item.item_id) is not None for item in items]
+    return [RunStore(store, RUN).record(item.item_id) is not None for item in items]
 
 
 def test_out_of_memory_halves_the_batch_until_it_fits(store, monkeypatch):
@@ -136,7 +137,7 @@ def test_a_restart_that_succeeds_is_stored_as_a_second_attempt(store, monkeypatc
         return [result(item, "nan" if item.settings.lr == 0.1 else None) for item in batch]
 
     outcome = run(items, store, Engine(nan_at_full_lr), monkeypatch)
-    record = load_record(store, RUN, items[0].item_id)
+    record = RunStore(store, RUN).record(items[0].item_id)
     assert outcome.failed == {} and record.attempt == 2 and record.lr_used == 0.05
     assert record.settings.lr == 0.1, "the sidecar keeps the item as planned"
 
@@ -173,14 +174,14 @@ def test_permanent_storage_errors_are_not_retried(store, monkeypatch, waits):
 
 
 def test_batches_commit_on_upload_threads_while_the_next_batch_computes(store, monkeypatch):
-    items, original, threads = make_items(5), shard.commit_result, set()
+    items, original, threads = make_items(5), RunStore.commit, set()
 
     def record_commit(*args, **kwargs):
         threads.add(threading.current_thread().name)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(shard, "batch_size", lambda models, todo, config: 2)
-    monkeypatch.setattr(shard, "commit_result", record_commit)
+    monkeypatch.setattr(RunStore, "commit", record_commit)
     engine = Engine()
     run(items, store, engine, monkeypatch)
     assert engine.sizes() == [2, 2, 1]
@@ -189,7 +190,7 @@ def test_batches_commit_on_upload_threads_while_the_next_batch_computes(store, m
 
 
 def test_a_stop_mid_shard_drains_the_finished_commits_on_the_way_out(store, monkeypatch):
-    items, original = make_items(4), shard.commit_result
+    items, original = make_items(4), RunStore.commit
 
     def slow_commit(*args, **kwargs):
         time.sleep(0.3)  # still uploading when the stop comes
@@ -200,7 +201,7 @@ def test_a_stop_mid_shard_drains_the_finished_commits_on_the_way_out(store, monk
             raise Interrupted("stopped by SIGTERM")  # what the engine's step loop raises once a stop is asked for
 
     monkeypatch.setattr(shard, "batch_size", lambda models, todo, config: 2)
-    monkeypatch.setattr(shard, "commit_result", slow_commit)
+    monkeypatch.setattr(RunStore, "commit", slow_commit)
     with pytest.raises(Interrupted):
         run(items, store, Engine(stop_in_second_batch), monkeypatch)
     assert stored(store, items) == [True, True, False, False]
@@ -211,6 +212,6 @@ def test_a_finished_shard_loads_no_models_and_generates_nothing(store, monkeypat
     run(items, store, Engine(), monkeypatch)
     engine = Engine()
     monkeypatch.setattr(shard.engine, "generate", engine)
-    outcome = shard.run_shard(items, RUN, store, lambda spec: pytest.fail("a finished shard must not load models"), Settings(), LOG)
+    outcome = shard.run_shard(items, RunStore(store, RUN), lambda spec: pytest.fail("a finished shard must not load models"), Settings(), LOG)
     assert sorted(outcome.done) == sorted(i.item_id for i in items) and engine.calls == []
     assert store.exists(layout.image_key(RUN, items[0].item_id))

@@ -30,13 +30,23 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
+from flows.lineage import RESUMED_TAG
 from tests.chromium import CHROMIUM, Browser
 from tests.runs import check_complete_run, item_ids
 from tests.stack_fixtures import stack_logs
-from vqclip import layout
+from vqclip.run import layout
 from vqclip.settings import get_settings
-from flows.lineage import RESUMED_TAG
-from vqclip.stack import StackState, client_env, descendants, is_alive, load_state, prefect_client, start_stack, stop_stack, zombie_automation
+from vqclip.stack.control import (
+    StackState,
+    client_env,
+    descendants,
+    is_alive,
+    load_state,
+    prefect_client,
+    start_stack,
+    stop_stack,
+    zombie_automation,
+)
 from vqclip.storage import open_store
 
 pytestmark = pytest.mark.slow

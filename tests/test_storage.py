@@ -11,8 +11,8 @@ import pytest
 
 from vqclip.errors import ObjectNotFound, PermanentStorageError, StorageError
 from vqclip.retry import is_transient
-from vqclip.seaweedfs import SeaweedServer, free_ports
 from vqclip.settings import Settings
+from vqclip.stack.seaweedfs import SeaweedServer, free_ports
 from vqclip.storage import LocalStore, ObjectStore, S3Store, open_store
 from vqclip.storage import local as local_module
 from vqclip.storage.local import TEMP_PREFIX

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from flows import watch
-from vqclip import layout
 from vqclip.errors import StorageError
+from vqclip.run import layout
 from vqclip.settings import get_settings
 from vqclip.storage import LocalStore, open_store
 

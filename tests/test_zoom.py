@@ -15,15 +15,16 @@ import pytest
 from PIL import Image
 
 from tests.processes import kill_once_stored
-from vqclip import layout, shard, shutdown
+from vqclip import shutdown
 from vqclip.errors import Interrupted, ManifestError
-from vqclip.images import decode_image
 from vqclip.items import GenerationSettings, WorkItem, models_for_preset
 from vqclip.manifest import load_manifest
-from vqclip.runs import load_record
+from vqclip.media.png import decode_image
+from vqclip.run import layout, shard
+from vqclip.run.state import RunStore
+from vqclip.run.zoom import frame_seed, zoom_image
 from vqclip.settings import Settings
 from vqclip.storage.local import LocalStore
-from vqclip.zoom import frame_seed, zoom_image
 
 RUN = "zoom"
 LOG = logging.getLogger("tests.zoom")
@@ -86,7 +87,7 @@ def stop_flag(monkeypatch):
 
 def run(item, store, models, engine, monkeypatch):
     monkeypatch.setattr(shard.engine, "generate", engine)
-    return shard.run_shard([item], RUN, store, lambda _: models, Settings(), LOG)
+    return shard.run_shard([item], RunStore(store, RUN), lambda _: models, Settings(), LOG)
 
 
 def frame_pixels(store, item) -> list[np.ndarray]:
@@ -102,7 +103,7 @@ def test_a_zoom_item_stores_each_frame_then_its_image_mp4_and_sidecar(tmp_path, 
     engine = CountingEngine(shard.engine.generate)
     assert run(item, store, tiny_models, engine, monkeypatch).done == [item.item_id]
 
-    record = load_record(store, RUN, item.item_id)
+    record = RunStore(store, RUN).record(item.item_id)
     frames = [layout.zoom_frame_key(RUN, item.item_id, n) for n in range(3)]
     assert record.frame_keys == frames and record.video_key == layout.video_key(RUN, item.item_id)
     assert written == [*frames, record.image_key, record.video_key, layout.sidecar_key(RUN, item.item_id)]
@@ -134,7 +135,7 @@ def test_a_video_stopped_mid_way_resumes_at_its_first_missing_frame_and_matches_
     real = shard.engine.generate
     with pytest.raises(Interrupted):
         run(item, store, tiny_models, CountingEngine(real, stop_after=2), monkeypatch)
-    assert len(frame_pixels(store, item)) == 2 and load_record(store, RUN, item.item_id) is None
+    assert len(frame_pixels(store, item)) == 2 and RunStore(store, RUN).record(item.item_id) is None
     assert not store.exists(layout.video_key(RUN, item.item_id))
     kept = {n: (store.root / layout.zoom_frame_key(RUN, item.item_id, n)).stat().st_mtime_ns for n in (0, 1)}
 
@@ -144,7 +145,7 @@ def test_a_video_stopped_mid_way_resumes_at_its_first_missing_frame_and_matches_
     assert [seed for seed, _, _ in resumed.calls] == [frame_seed(4, 2), frame_seed(4, 3)]  # no frame made twice
     assert kept == {n: (store.root / layout.zoom_frame_key(RUN, item.item_id, n)).stat().st_mtime_ns for n in (0, 1)}
     assert all(np.array_equal(a, b) for a, b in zip(frame_pixels(store, item), frame_pixels(whole, item), strict=True))
-    record = load_record(store, RUN, item.item_id)
+    record = RunStore(store, RUN).record(item.item_id)
     with av.open(io.BytesIO(store.get_bytes(record.video_key))) as video:
         assert sum(1 for _ in video.decode(video=0)) == 4
 

@@ -14,16 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vqclip import shutdown
-from vqclip.cli_output import console, errors, options, user_errors
-from vqclip.cli_stack import register as register_stack_commands
-from vqclip.cli_search import register as register_search_commands
+from vqclip.cli.output import console, errors, options, user_errors
+from vqclip.cli.search import register as register_search_commands
+from vqclip.cli.stack import register as register_stack_commands
 from vqclip.errors import VqclipError
 from vqclip.items import REFERENCE_AUGMENTS, AugmentCode, CutMethod
 from vqclip.recipes import Recipe
 from vqclip.storage import open_store
 
 if TYPE_CHECKING:
-    from flows.api_server import TemporaryApiServer
+    from vqclip.stack.api_server import TemporaryApiServer
 
 app = typer.Typer(help="Batch VQGAN+CLIP text-to-image generation.", no_args_is_help=True, add_completion=False)
 
@@ -88,9 +88,9 @@ def generate(
     from vqclip.models.loader import load_models
     from vqclip.models.presets import get_preset
     from vqclip.prompts import parse_schedule
-    from vqclip.runs import load_record
+    from vqclip.run.shard import run_shard
+    from vqclip.run.state import RunStore
     from vqclip.settings import get_settings
-    from vqclip.shard import run_shard
     from vqclip.storage import LocalStore
 
     # Settings left out come from the preset (the tiny one's are small, for a quick smoke run), then the defaults.
@@ -113,17 +113,17 @@ def generate(
         # A one-item shard of a throwaway run: the same recovery rules (out-of-memory fallback, NaN
         # restart) and the same PNG metadata as a batch run, for the cost of one file copy.
         with tempfile.TemporaryDirectory(prefix="vqclip-generate-") as folder, step_progress("steps") as bar:
-            store = LocalStore(folder)
+            run = RunStore(LocalStore(folder), "generate")
             task = bar.add_task(f"generating on {models.device}", total=settings.total_steps)
             outcome = run_shard(
-                [item], "generate", store, lambda _: models, get_settings(), logging.getLogger(__name__),
+                [item], run, lambda _: models, get_settings(), logging.getLogger(__name__),
                 progress=lambda now: bar.update(task, completed=now.steps_done),
             )
             if outcome.failed:
                 raise VqclipError(f"generation failed: {outcome.failed[item.item_id]}")
-            record = load_record(store, "generate", item.item_id)
+            record = run.record(item.item_id)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(store.get_bytes(record.image_key))
+            out.write_bytes(run.store.get_bytes(record.image_key))
     similarity = ", ".join(f"{v:.3f}" for v in record.guide_similarity.values())
     console.print(f"wrote [bold]{out}[/] ({width}x{height}, seed {seed}, guide similarity {similarity})")
     if spec.synthetic:
@@ -187,7 +187,7 @@ def fetch_models(
 def _load_plan(manifest: str, storage: str, preset: Optional[str]):
     """Read and fully validate a manifest; return its bytes, name, parsed form and work items."""
     from vqclip.manifest import load_manifest, store_reader
-    from vqclip.runs import read_manifest_source
+    from vqclip.run.state import read_manifest_source
 
     data, name, base_dir = read_manifest_source(manifest)
     parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
@@ -219,12 +219,12 @@ def validate(
 
 def _print_summary(storage: str, run_id: str) -> None:
     """Print a run's best score per prompt, then each best image's path whole, on a line of its own."""
-    from vqclip import layout
-    from vqclip.records import Ranking
-    from vqclip.runs import load_index
+    from vqclip.run import layout
+    from vqclip.run.records import Ranking
+    from vqclip.run.state import RunStore
 
     store = open_store(storage)
-    index = load_index(store, run_id)
+    index = RunStore(store, run_id).load_index()
     try:
         ranking = Ranking.model_validate_json(store.get_bytes(layout.ranking_key(run_id)))
     except VqclipError:
@@ -249,8 +249,8 @@ def run(
     preset: Annotated[Optional[str], typer.Option(help="Override the manifest's preset.")] = None,
 ) -> None:
     """Run a manifest end to end in this process (Prefect's ephemeral API; no server needed)."""
-    from vqclip import layout
-    from vqclip.runs import new_run_id
+    from vqclip.run import layout
+    from vqclip.run.state import new_run_id
     from vqclip.settings import get_settings
 
     if not options["debug"]:
@@ -263,7 +263,7 @@ def run(
         plan = _load_plan(manifest, storage, preset)
         run_id = layout.check_run_id(run_id or new_run_id(plan[1], plan[0]))
         _ensure_weights(plan[3])
-    from flows.api_server import temporary_api_server
+    from vqclip.stack.api_server import temporary_api_server
 
     # SIGTERM and SIGINT only raise the stop flag: the run ends at its next step, its finished images
     # stored and its state recorded, before the temporary server (in a session of its own) stops.
@@ -285,9 +285,9 @@ def _ensure_weights(items: list) -> None:
 
 
 def _run(manifest: str, storage: str, run_id: str, preset: Optional[str], plan: tuple, server: Optional[TemporaryApiServer]) -> None:
-    from vqclip import layout
     from vqclip.models.loader import preload_models
-    from vqclip.resume import resume_command
+    from vqclip.run import layout
+    from vqclip.run.resume import resume_command
 
     _, _, parsed, items = plan
     with user_errors():
@@ -303,12 +303,12 @@ def _run(manifest: str, storage: str, run_id: str, preset: Optional[str], plan: 
 
     from prefect.exceptions import TerminationSignal
 
-    from flows.api_server import prefect_api
     from flows.batch import batch_generate
-    from vqclip.cli_progress import RunProgressDisplay
+    from vqclip.cli.progress import RunProgressDisplay
     from vqclip.manifest import shards
-    from vqclip.progress import RunProgress
     from vqclip.retry import is_permanent
+    from vqclip.run.progress import RunProgress
+    from vqclip.stack.api_server import prefect_api
 
     try:
         with user_errors(), prefect_api(server), RunProgressDisplay(errors, RunProgress(store, run_id, shards(items, parsed.shard_size))):
@@ -365,8 +365,8 @@ def submit(
     shard_deployment: Annotated[str, typer.Option(help="Deployment the batch fans shards out to.")] = "generate-shard/generate-shard",
 ) -> None:
     """Validate a manifest here, upload it to the storage inbox, and print its key (and, with --now, the run's URL)."""
-    from vqclip import layout
-    from vqclip.runs import new_run_id
+    from vqclip.run import layout
+    from vqclip.run.state import new_run_id
     from vqclip.settings import get_settings
 
     storage = storage or get_settings().storage
@@ -439,6 +439,3 @@ def main() -> None:
         # (1 to 2 s of a CPU at exit): everything the command wrote is closed and stored by now.
         gc.freeze()
 
-
-if __name__ == "__main__":
-    main()

@@ -6,12 +6,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
-from vqclip.embeddings import load_embeddings, save_embeddings
-from vqclip.images import decode_image
+from vqclip.engine.score import score_and_embed
+from vqclip.media.png import decode_image
 from vqclip.models.clip import ClipModel
-from vqclip.records import ItemRecord
-from vqclip.runs import done_records, scoring_prompt, write_record
-from vqclip.score import score_and_embed
+from vqclip.run.embeddings import load_embeddings, save_embeddings
+from vqclip.run.records import ItemRecord
+from vqclip.run.state import RunStore, scoring_prompt
 from vqclip.storage import ObjectStore
 
 
@@ -28,7 +28,8 @@ def score_run(
     Per batch, the embeddings file is written before the sidecars that carry the scores, so a
     scored sidecar always has its embedding stored and a stopped run resumes where it was.
     """
-    records = done_records(store, run_id)
+    run = RunStore(store, run_id)
+    records = run.done_records()
     todo: dict[str, list[ItemRecord]] = defaultdict(list)
     for record in records.values():
         scorer = scorers.get(record.item_id)
@@ -47,7 +48,7 @@ def score_run(
                 # The item id leaves the scorer out, so a resumed run may score with a scorer the sidecar's models do not name yet.
                 models = record.models.model_copy(update={"scorer": scorer})
                 updated = record.model_copy(update={"score": round(value, 4), "scorer": scorer, "models": models})
-                write_record(store, run_id, updated)
+                run.write_record(updated)
                 records[record.item_id] = updated
         log.info("scored and embedded %d images with %s", len(group), scorer)
     return records

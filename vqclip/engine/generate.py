@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqclip import shutdown
-from vqclip.acceleration import Accelerated
-from vqclip.clamp import clamp_with_grad
-from vqclip.cutouts import make_cutouts
+from vqclip.engine.acceleration import Accelerated
+from vqclip.engine.clamp import clamp_with_grad
+from vqclip.engine.cutouts import make_cutouts
 from vqclip.errors import GenerationError
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.loader import Models

@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vqclip import layout
-from vqclip.embeddings import RunEmbeddings, embed_missing
 from vqclip.errors import ObjectNotFound, VqclipError
 from vqclip.models.clip import ClipModel
-from vqclip.records import ItemRecord
-from vqclip.runs import done_records
+from vqclip.run import layout
+from vqclip.run.embeddings import RunEmbeddings, embed_missing
+from vqclip.run.records import ItemRecord
+from vqclip.run.state import RunStore
 from vqclip.storage import ObjectStore
 
 _TEXT_COLUMNS = ("item_ids", "prompt_ids", "prompts", "image_keys")
@@ -96,7 +96,7 @@ def write_segment(store: ObjectStore, segment: Segment) -> str:
 
 def add_run(store: ObjectStore, run_id: str, load_scorer: Callable[[str], ClipModel], batch_size: int = 32) -> list[Segment]:
     """Add or replace a run's rows in the index (embedding, resumably, any scored image that has no embedding yet)."""
-    records = done_records(store, run_id)
+    records = RunStore(store, run_id).done_records()
     if not records and not store.list(layout.run_prefix(run_id)):
         raise VqclipError(f"no run {run_id!r} in {store.url()} (nothing under {layout.run_prefix(run_id)}); check the run id and --storage")
     embeddings = embed_missing(store, run_id, records, load_scorer, batch_size)

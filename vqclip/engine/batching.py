@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from vqclip.generate import generate
+from vqclip.engine.generate import generate
 from vqclip.items import WorkItem
 from vqclip.models.loader import Models
 from vqclip.settings import Settings

@@ -8,7 +8,7 @@ VQGAN's latent as an init image, and is optimised for `steps_per_frame` steps wi
 Every frame is stored before the next starts, and frame n depends only on the item and the stored,
 lossless PNG of frame n-1 (never on state kept in memory), so a run resumed after a kill continues
 at the first missing frame and makes the frames an uninterrupted run makes: exactly on a CPU, and on
-CUDA as closely as two uninterrupted runs agree (see vqclip.generate). The item's image (the last
+CUDA as closely as two uninterrupted runs agree (see vqclip.engine.generate). The item's image (the last
 frame), its MP4 and then its sidecar are committed once every frame exists.
 """
 
@@ -22,16 +22,15 @@ from functools import partial
 
 from PIL import Image, ImageChops, ImageOps
 
-from vqclip import layout
-from vqclip.generate import GenerationResult, ProgressCallback
-from vqclip.images import decode_image, encode_png, read_png_metadata
+from vqclip.engine.generate import GenerationResult, ProgressCallback
 from vqclip.items import ImagePrompt, WorkItem
+from vqclip.media.png import decode_image, encode_png, read_png_metadata
+from vqclip.media.video import encode_mp4
 from vqclip.prompts import format_prompt, stage_at
-from vqclip.records import item_settings
 from vqclip.retry import retry_transient
-from vqclip.runs import item_record, read_inputs, write_record
-from vqclip.storage import ObjectStore
-from vqclip.video import encode_mp4
+from vqclip.run import layout
+from vqclip.run.records import item_settings
+from vqclip.run.state import RunStore, item_record
 
 FrameGenerator = Callable[[WorkItem, Mapping[str, Image.Image], ProgressCallback | None], GenerationResult]
 """Generates one frame's work item with these images (by source), reporting its steps to the callback."""
@@ -88,8 +87,7 @@ def frame_item(item: WorkItem, frame: int, previous: bytes | None) -> tuple[Work
 
 def make_video(
     item: WorkItem,
-    run_id: str,
-    store: ObjectStore,
+    run: RunStore,
     generate: FrameGenerator,
     device: str,
     log: Log,
@@ -100,13 +98,13 @@ def make_video(
     A frame whose loss turns non-finite runs again once at half the learning rate; if it fails again,
     the frames before it stay stored and the item fails with the reason.
     """
-    zoom = item.settings.zoom
+    zoom, store, run_id = item.settings.zoom, run.store, run.run_id
     keys = [layout.zoom_frame_key(run_id, item.item_id, n) for n in range(zoom.frames)]
     stored = set(store.list(layout.zoom_frames_prefix(run_id, item.item_id)))
     start = next((n for n, key in enumerate(keys) if key not in stored), zoom.frames)
     if start:
         log.info("item %s: frames 0-%d of its zoom video are stored; resuming at frame %d", item.item_id, start - 1, start)
-    inputs = read_inputs(store, run_id, [item])
+    inputs = run.read_inputs([item])
     previous = store.get_bytes(keys[start - 1]) if 0 < start < zoom.frames else None
     for n in range(start, zoom.frames):
         frame, images = frame_item(item, n, previous)
@@ -120,7 +118,7 @@ def make_video(
                 return f"zoom frame {n}: {result.error} (after a restart at half the learning rate)"
         previous = encode_png(result.image, _frame_metadata(item, n, result, attempt))
         retry_transient(partial(store.put_bytes, keys[n], previous, content_type="image/png"), f"storing frame {n} of item {item.item_id}", log)
-    retry_transient(lambda: commit_video(store, run_id, item, device), f"storing item {item.item_id}", log)
+    retry_transient(lambda: commit_video(run, item, device), f"storing item {item.item_id}", log)
     return None
 
 
@@ -148,9 +146,9 @@ def _frame_metadata(item: WorkItem, frame: int, result: GenerationResult, attemp
     }
 
 
-def commit_video(store: ObjectStore, run_id: str, item: WorkItem, device: str) -> None:
+def commit_video(run: RunStore, item: WorkItem, device: str) -> None:
     """Write the item's image (its last frame) and its MP4 from the stored frames, then its sidecar."""
-    zoom = item.settings.zoom
+    zoom, store, run_id = item.settings.zoom, run.store, run.run_id
     frame_keys = [layout.zoom_frame_key(run_id, item.item_id, n) for n in range(zoom.frames)]
     frames: list[dict] = []
 
@@ -174,4 +172,4 @@ def commit_video(store: ObjectStore, run_id: str, item: WorkItem, device: str) -
         seconds=sum(frame["seconds"] for frame in frames),
     )
     attempt = max(frame["attempt"] for frame in frames)
-    write_record(store, run_id, item_record(item, summary, device, attempt, image_key, frame_keys, video_key))
+    run.write_record(item_record(item, summary, device, attempt, image_key, frame_keys, video_key))

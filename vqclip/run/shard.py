@@ -6,7 +6,7 @@ an item whose loss became non-finite restarts once from its seed at half the lea
 fails alone with the reason. Finished images are stored on background threads while the next batch
 computes, each commit tried again on transient faults (vqclip.retry), so a storage outage costs no
 GPU work; the shard is left, however it ends, only once the queued commits are done. A stop request
-(vqclip.shutdown) ends it at the next optimisation step with Interrupted. Zoom items (vqclip.zoom) run
+(vqclip.shutdown) ends it at the next optimisation step with Interrupted. Zoom items (vqclip.run.zoom) run
 one at a time after the others, each frame stored before the next starts.
 """
 
@@ -18,39 +18,38 @@ from collections.abc import Callable
 
 import torch
 
-from vqclip import generate as engine
-from vqclip import shutdown, zoom
-from vqclip.batching import batch_size, batches
-from vqclip.generate import GenerationResult, ProgressCallback
+from vqclip import shutdown
+from vqclip.engine import generate as engine
+from vqclip.engine.batching import batch_size, batches
+from vqclip.engine.generate import GenerationResult, ProgressCallback
 from vqclip.items import ModelSpec, WorkItem
 from vqclip.models.loader import Models
-from vqclip.progress import Listener, ShardTracker
-from vqclip.records import ShardOutcome
 from vqclip.retry import retry_transient
-from vqclip.runs import commit_result, pending_items, read_inputs
+from vqclip.run import zoom
+from vqclip.run.progress import Listener, ShardTracker
+from vqclip.run.records import ShardOutcome
+from vqclip.run.state import RunStore
+from vqclip.run.uploads import BackgroundUploader
 from vqclip.settings import Settings
-from vqclip.storage import ObjectStore
-from vqclip.uploader import BackgroundUploader
 
 Log = logging.Logger | logging.LoggerAdapter
 
 
 def run_shard(
     items: list[WorkItem],
-    run_id: str,
-    store: ObjectStore,
+    run: RunStore,
     models: Callable[[ModelSpec], Models],
     config: Settings,
     log: Log,
     progress: Listener | None = None,
 ) -> ShardOutcome:
-    """Generate the items of `items` not yet stored in run `run_id` and commit each (PNG first, sidecar last).
+    """Generate the items of `items` not yet stored in `run` and commit each (PNG first, sidecar last).
 
     `models` gives the loaded models for the shard's spec; it is called only when an item is pending,
     so a finished shard loads nothing. `progress` hears the shard's steps and stored images as they change.
     """
     shutdown.check()
-    todo = pending_items(store, run_id, items)
+    todo = run.pending(items)
     tracker = ShardTracker(items, progress) if progress else None
     if tracker:
         pending = {item.item_id for item in todo}
@@ -73,9 +72,9 @@ def run_shard(
         log.info("%d items in batches of %d (what fits in the device's free memory)", len(todo), size)
     failed: dict[str, str] = {}
     with BackgroundUploader(config.upload_queue) as uploads:
-        shard = _Shard(store, run_id, loaded, log, uploads, tracker)
+        shard = _Shard(run, loaded, log, uploads, tracker)
         for batch in batches([item for item in todo if item.settings.zoom is None], size):
-            failed |= shard.run(batch, config)
+            failed |= shard.run_batch(batch, config)
         for item in todo:
             if item.settings.zoom is not None:  # one at a time: each frame starts from the one before
                 failed |= shard.zoom_video(item, config)
@@ -86,11 +85,11 @@ class _Shard:
     """What every batch of one shard shares: where results go, the models, the log and the upload threads."""
 
     def __init__(
-        self, store: ObjectStore, run_id: str, models: Models, log: Log, uploads: BackgroundUploader, tracker: ShardTracker | None
+        self, run: RunStore, models: Models, log: Log, uploads: BackgroundUploader, tracker: ShardTracker | None
     ) -> None:
-        self.store, self.run_id, self.models, self.log, self.uploads, self.tracker = store, run_id, models, log, uploads, tracker
+        self.run, self.models, self.log, self.uploads, self.tracker = run, models, log, uploads, tracker
 
-    def run(self, items: list[WorkItem], config: Settings) -> dict[str, str]:
+    def run_batch(self, items: list[WorkItem], config: Settings) -> dict[str, str]:
         """Generate `items` as one batch and queue each finished image's commit; return failed items' errors."""
         try:
             results = self._generate(items, config)
@@ -102,12 +101,12 @@ class _Shard:
             if len(items) > 1:
                 half = len(items) // 2
                 self.log.warning("out of memory with %d items; retrying as %d + %d", len(items), half, len(items) - half)
-                return self.run(items[:half], config) | self.run(items[half:], config)
+                return self.run_batch(items[:half], config) | self.run_batch(items[half:], config)
             side = max(items[0].settings.width, items[0].settings.height)
             if 0 < config.checkpoint_side <= side:
                 raise
             self.log.warning("out of memory with one %d px item; retrying with decoder checkpointing", side)
-            return self.run(items, config.model_copy(update={"checkpoint_side": side}))
+            return self.run_batch(items, config.model_copy(update={"checkpoint_side": side}))
         failed = {}
         for item, result in zip(items, results):
             attempt = 1
@@ -123,12 +122,12 @@ class _Shard:
         return failed
 
     def zoom_video(self, item: WorkItem, config: Settings) -> dict[str, str]:
-        """Make one item's zoom video frame by frame and commit it (vqclip.zoom); return its error if it failed."""
+        """Make one item's zoom video frame by frame and commit it (vqclip.run.zoom); return its error if it failed."""
 
         def frame(work: WorkItem, images, progress: ProgressCallback | None) -> GenerationResult:
             return engine.generate([work], self.models, config, images=images, progress=progress)[0]
 
-        error = zoom.make_video(item, self.run_id, self.store, frame, str(self.models.device), self.log, self._heard([item]))
+        error = zoom.make_video(item, self.run, frame, str(self.models.device), self.log, self._heard([item]))
         if error:
             return {item.item_id: error}
         if self.tracker:
@@ -137,7 +136,7 @@ class _Shard:
 
     def _generate(self, items: list[WorkItem], config: Settings, counted: list[WorkItem] | None = None) -> list[GenerationResult]:
         """Generate `items` as one batch; their steps count as those of `counted` (the planned items; default `items`)."""
-        images = read_inputs(self.store, self.run_id, items)
+        images = self.run.read_inputs(items)
         return engine.generate(items, self.models, config, images=images, progress=self._heard(counted or items))
 
     def _heard(self, items: list[WorkItem]) -> ProgressCallback | None:
@@ -149,7 +148,7 @@ class _Shard:
         # Runs on an upload thread, not as a Prefect task: task runs per image were two thirds of a
         # run's task runs, and the API server's work for them took CPU time from generation.
         retry_transient(
-            lambda: commit_result(self.store, self.run_id, item, result, str(self.models.device), attempt),
+            lambda: self.run.commit(item, result, str(self.models.device), attempt),
             f"storing item {item.item_id}",
             self.log,
         )

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from vqclip.cli_output import console, user_errors
+from vqclip.cli.output import console, user_errors
 from vqclip.errors import VqclipError
 from vqclip.storage import open_store
 
@@ -26,9 +26,9 @@ def search(
     storage: Annotated[Optional[str], typer.Option(help=_STORAGE_HELP)] = None,
 ) -> None:
     """The images most like a text or an image, from every run scored by the same CLIP model, grouped by model."""
-    from vqclip.images import decode_image
+    from vqclip.media.png import decode_image
     from vqclip.models.loader import load_scorer
-    from vqclip.search import search as run_search
+    from vqclip.search.query import search as run_search
     from vqclip.settings import get_settings
 
     with user_errors():
@@ -71,9 +71,9 @@ def embed(
     storage: Annotated[Optional[str], typer.Option(help=_STORAGE_HELP)] = None,
 ) -> None:
     """Embed the scored images of runs that have no embeddings yet (resumable) and add the runs to the search index."""
-    from vqclip import layout
-    from vqclip.embedding_index import add_run
     from vqclip.models.loader import load_scorer
+    from vqclip.run import layout
+    from vqclip.search.index import add_run
     from vqclip.settings import get_settings
 
     with user_errors():

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timezone
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import ValidationError
 
-from vqclip import layout
 from vqclip.errors import StorageError, VqclipError
-from vqclip.images import decode_image, encode_png
 from vqclip.items import WorkItem
+from vqclip.media.png import decode_image, encode_png
 from vqclip.prompts import final_prompt, scoring_text
-from vqclip.records import (
+from vqclip.run import layout
+from vqclip.run.records import (
     IndexEntry,
     ItemRecord,
     PromptRanking,
@@ -34,7 +35,7 @@ from vqclip.records import (
 from vqclip.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
-    from vqclip.generate import GenerationResult
+    from vqclip.engine.generate import GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -62,72 +63,83 @@ def read_manifest_source(reference: str, store: ObjectStore | None = None) -> tu
     return path.read_bytes(), str(path), path.parent.resolve()
 
 
-def stage_inputs(store: ObjectStore, run_id: str, items: list[WorkItem], read: Callable[[str], bytes]) -> None:
-    """Copy every image input of the run into the store by digest, so any worker can read it."""
-    for prompt in {p.digest: p for item in items for p in item.inputs}.values():
-        key = layout.input_key(run_id, prompt.digest)
-        if not store.exists(key):
-            store.put_bytes(key, read(prompt.source))
+@dataclass(frozen=True)
+class RunStore:
+    """One run in an object store: its staged inputs, its items' records and commits, and its index."""
 
+    store: ObjectStore
+    run_id: str
 
-def read_inputs(store: ObjectStore, run_id: str, items: list[WorkItem]) -> dict[str, Image.Image]:
-    """The staged image inputs of `items`, by source, as the engine takes them."""
-    return {
-        prompt.source: decode_image(store.get_bytes(layout.input_key(run_id, prompt.digest)))
-        for item in items
-        for prompt in item.inputs
-    }
+    def stage_inputs(self, items: list[WorkItem], read: Callable[[str], bytes]) -> None:
+        """Copy every image input of the run into the store by digest, so any worker can read it."""
+        for prompt in {p.digest: p for item in items for p in item.inputs}.values():
+            key = layout.input_key(self.run_id, prompt.digest)
+            if not self.store.exists(key):
+                self.store.put_bytes(key, read(prompt.source))
 
+    def read_inputs(self, items: list[WorkItem]) -> dict[str, Image.Image]:
+        """The staged image inputs of `items`, by source, as the engine takes them."""
+        return {
+            prompt.source: decode_image(self.store.get_bytes(layout.input_key(self.run_id, prompt.digest)))
+            for item in items
+            for prompt in item.inputs
+        }
 
-def load_record(store: ObjectStore, run_id: str, item_id: str) -> ItemRecord | None:
-    """The item's sidecar if the item is done (sidecar readable and its image present), else None."""
-    try:
-        record = ItemRecord.model_validate_json(store.get_bytes(layout.sidecar_key(run_id, item_id)))
-    except (StorageError, ValidationError, ValueError):
-        return None
-    return record if store.exists(record.image_key) else None
+    def record(self, item_id: str) -> ItemRecord | None:
+        """The item's sidecar if the item is done (sidecar readable and its image present), else None."""
+        try:
+            record = ItemRecord.model_validate_json(self.store.get_bytes(layout.sidecar_key(self.run_id, item_id)))
+        except (StorageError, ValidationError, ValueError):
+            return None
+        return record if self.store.exists(record.image_key) else None
 
+    def done_records(self) -> dict[str, ItemRecord]:
+        """Every done item of the run, by item id."""
+        records = {}
+        for key in self.store.list(layout.items_prefix(self.run_id)):
+            if key.endswith(".json"):
+                item_id = key.rsplit("/", 1)[-1][: -len(".json")]
+                record = self.record(item_id)
+                if record is not None:
+                    records[item_id] = record
+        return records
 
-def done_records(store: ObjectStore, run_id: str) -> dict[str, ItemRecord]:
-    """Every done item of a run, by item id."""
-    records = {}
-    for key in store.list(layout.items_prefix(run_id)):
-        if key.endswith(".json"):
-            item_id = key.rsplit("/", 1)[-1][: -len(".json")]
-            record = load_record(store, run_id, item_id)
-            if record is not None:
-                records[item_id] = record
-    return records
+    def pending(self, items: list[WorkItem]) -> list[WorkItem]:
+        """The items that still need generating (reads only these items' sidecars, not the whole run's)."""
+        return [item for item in items if self.record(item.item_id) is None]
 
+    def commit(self, item: WorkItem, result: GenerationResult, device: str, attempt: int = 1) -> ItemRecord:
+        """Write an item's PNG, its frames and video, then its sidecar (the commit marker). `item` is the item as planned."""
+        image_key = layout.image_key(self.run_id, item.item_id)
+        settings = item_settings(item)
+        settings["lr_used"] = result.item.settings.lr
+        self.store.put_bytes(image_key, encode_png(result.image, settings), content_type="image/png")
+        frame_keys = []
+        for number, frame in enumerate(result.frames, start=1):
+            step = number * item.settings.save_every
+            frame_keys.append(layout.frame_key(self.run_id, item.item_id, step))
+            self.store.put_bytes(frame_keys[-1], encode_png(frame, {**settings, "frame_step": step}), content_type="image/png")
+        video_key = None
+        if item.settings.video is not None:
+            from vqclip.media.video import encode_mp4  # PyAV, only for runs with videos
 
-def pending_items(store: ObjectStore, run_id: str, items: list[WorkItem]) -> list[WorkItem]:
-    """The items that still need generating (reads only these items' sidecars, not the whole run's)."""
-    return [item for item in items if load_record(store, run_id, item.item_id) is None]
+            video_key = layout.video_key(self.run_id, item.item_id)
+            video = encode_mp4([*result.frames, result.image], item.settings.video.fps)
+            self.store.put_bytes(video_key, video, content_type="video/mp4")
+        record = item_record(item, result, device, attempt, image_key, frame_keys, video_key)
+        self.write_record(record)
+        return record
 
+    def write_record(self, record: ItemRecord) -> None:
+        """Write (or rewrite, e.g. with a score) an item's sidecar."""
+        put_json(self.store, layout.sidecar_key(self.run_id, record.item_id), record)
 
-def commit_result(
-    store: ObjectStore, run_id: str, item: WorkItem, result: GenerationResult, device: str, attempt: int = 1
-) -> ItemRecord:
-    """Write an item's PNG, its frames and video, then its sidecar (the commit marker). `item` is the item as planned."""
-    image_key = layout.image_key(run_id, item.item_id)
-    settings = item_settings(item)
-    settings["lr_used"] = result.item.settings.lr
-    store.put_bytes(image_key, encode_png(result.image, settings), content_type="image/png")
-    frame_keys = []
-    for number, frame in enumerate(result.frames, start=1):
-        step = number * item.settings.save_every
-        frame_keys.append(layout.frame_key(run_id, item.item_id, step))
-        store.put_bytes(frame_keys[-1], encode_png(frame, {**settings, "frame_step": step}), content_type="image/png")
-    video_key = None
-    if item.settings.video is not None:
-        from vqclip.video import encode_mp4  # PyAV, only for runs with videos
-
-        video_key = layout.video_key(run_id, item.item_id)
-        video = encode_mp4([*result.frames, result.image], item.settings.video.fps)
-        store.put_bytes(video_key, video, content_type="video/mp4")
-    record = item_record(item, result, device, attempt, image_key, frame_keys, video_key)
-    write_record(store, run_id, record)
-    return record
+    def load_index(self) -> RunIndex:
+        """The run's index, or a clear error when the run does not exist in this store."""
+        try:
+            return RunIndex.model_validate_json(self.store.get_bytes(layout.index_key(self.run_id)))
+        except StorageError:
+            raise VqclipError(f"no run {self.run_id!r} in {self.store.uri} (no {layout.index_key(self.run_id)})") from None
 
 
 def item_record(
@@ -161,14 +173,9 @@ def item_record(
     )
 
 
-def write_record(store: ObjectStore, run_id: str, record: ItemRecord) -> None:
-    """Write (or rewrite, e.g. with a score) an item's sidecar."""
-    put_json(store, layout.sidecar_key(run_id, record.item_id), record)
-
-
 def build_ranking(run_id: str, records: dict[str, ItemRecord]) -> Ranking:
     """Per prompt, its scored images best first, with the scorer that scored them."""
-    from vqclip.score import Scored, rank  # imports torch: kept off the path of `vqclip show` and `validate`
+    from vqclip.engine.score import Scored, rank  # imports torch: kept off the path of `vqclip show` and `validate`
 
     prompts = {r.prompt_id: r.prompt for r in records.values()}
     scored = [r for r in records.values() if r.score is not None]
@@ -228,14 +235,6 @@ def build_index(
 def put_json(store: ObjectStore, key: str, model) -> None:
     """Write a pydantic model as indented JSON."""
     store.put_bytes(key, model.model_dump_json(indent=2).encode(), content_type="application/json")
-
-
-def load_index(store: ObjectStore, run_id: str) -> RunIndex:
-    """A run's index, or a clear error when the run does not exist in this store."""
-    try:
-        return RunIndex.model_validate_json(store.get_bytes(layout.index_key(run_id)))
-    except StorageError:
-        raise VqclipError(f"no run {run_id!r} in {store.uri} (no {layout.index_key(run_id)})") from None
 
 
 def scoring_prompt(record: ItemRecord) -> str:

@@ -1,0 +1,1 @@
+"""Search across runs: the store-wide embedding index and text or image queries against it."""
