@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from vqclip.stack.control import StackState, log_tail, start_stack, stop_stack
+from vqclip.stack.control import StackState, start_stack, stop_stack
+from vqclip.stack.processes import log_tail
 
 GPU_WORKERS = 2
 

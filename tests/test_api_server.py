@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from vqclip.stack import api_server
 from tests.processes import processes_with
 from tests.runs import TINY_RUN
+from vqclip.stack import api_server
 from vqclip.stack.api_server import ApiServerError, TemporaryApiServer, temporary_api_server
+from vqclip.stack.processes import free_ports
 
 
 def server_processes(marker: str) -> list[int]:
@@ -84,19 +85,13 @@ def test_a_server_that_loses_its_port_starts_on_another(monkeypatch):
         taken.listen()
         busy = taken.getsockname()[1]
         ports = iter([busy])
-        monkeypatch.setattr(api_server, "_free_port", lambda: next(ports, None) or _any_free_port())
+        monkeypatch.setattr(api_server, "free_ports", lambda count: [next(ports, None) or free_ports(1)[0]])
         server = TemporaryApiServer()
         try:
             url = server.wait_ready(60)
         finally:
             server.stop()
     assert server.port != busy and url == f"http://127.0.0.1:{server.port}/api"
-
-
-def _any_free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_server_that_cannot_start_says_why(tmp_path, monkeypatch):

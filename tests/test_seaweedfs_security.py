@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from vqclip.stack import control as stack
+from vqclip.stack import processes
 from vqclip.stack.seaweedfs import SeaweedServer, weed_binary
 
 TIMEOUT_S = 5.0
@@ -44,13 +44,13 @@ def process_group(pgid: int) -> list[int]:
 
 def socket_inodes(pgid: int) -> set[str]:
     """Inode numbers of the sockets the processes of a process group hold open, from /proc/<pid>/fd."""
-    return set().union(*(stack.socket_inodes(pid) for pid in process_group(pgid)))
+    return set().union(*(processes.socket_inodes(pid) for pid in process_group(pgid)))
 
 
 def listening_ports(pgid: int) -> set[int]:
     """TCP ports in LISTEN state held by the processes of a process group, from /proc."""
     inodes = socket_inodes(pgid)
-    return {port for inode, port in stack.listening_sockets().items() if inode in inodes}
+    return {port for inode, port in processes.listening_sockets().items() if inode in inodes}
 
 
 def unix_sockets(pgid: int) -> list[Path]:

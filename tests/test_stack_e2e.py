@@ -39,14 +39,13 @@ from vqclip.settings import get_settings
 from vqclip.stack.control import (
     StackState,
     client_env,
-    descendants,
-    is_alive,
     load_state,
     prefect_client,
     start_stack,
     stop_stack,
     zombie_automation,
 )
+from vqclip.stack.processes import descendants, is_alive
 from vqclip.storage import open_store
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from vqclip.stack.control import StackState, is_alive, listening_pids, save_state, stop_processes
+from vqclip.stack.control import StackState, save_state, stop_processes
+from vqclip.stack.processes import is_alive, listening_pids
 from vqclip.stack.seaweedfs import free_ports
 
 # A stand-in server: listens on a port until killed; argv[2] is where its data would be.

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vqclip.stack.control import StackState, is_alive, load_state, save_state, spawn
+from vqclip.stack.control import StackState, load_state, save_state
+from vqclip.stack.processes import is_alive, spawn
 from vqclip.stack.supervisor import Supervisor
 
 

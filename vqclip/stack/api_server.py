@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from vqclip.errors import VqclipError
+from vqclip.stack.processes import free_ports
 
 _STARTUP_FAILED = 3  # uvicorn's exit status when its start-up fails (a port taken, say)
 _PR_SET_PDEATHSIG = 1
@@ -36,12 +36,6 @@ class ApiServerError(VqclipError):
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: SIGTERM when `vqclip run` dies without stopping it.
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def api_configured() -> bool:
@@ -65,7 +59,7 @@ class TemporaryApiServer:
     def _launch(self) -> None:
         self._output.seek(0)
         self._output.truncate()
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         site_packages = Path(find_spec("prefect").origin).parent.parent
         command = [sys.executable, "-m", "uvicorn", "--app-dir", str(site_packages), "--factory"]
         command += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port)]

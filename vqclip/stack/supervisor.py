@@ -17,7 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from vqclip.stack.control import SUPERVISOR, ProcessRecord, StackState, is_alive, load_state, process_env, save_state, spawn
+from vqclip.stack.control import SUPERVISOR, StackState, load_state, process_env, save_state
+from vqclip.stack.processes import ProcessRecord, is_alive, spawn
 
 logger = logging.getLogger("vqclip.stack.supervisor")
 
