@@ -9,9 +9,9 @@ from pydantic import BaseModel
 
 from tasks.retry import retried
 from vqclip.items import WorkItem
-from vqclip.manifest import load_manifest, store_reader
+from vqclip.manifest import load_manifest, read_manifest_source, store_reader
 from vqclip.run import layout
-from vqclip.run.state import RunStore, new_run_id, read_manifest_source
+from vqclip.run.state import RunStore, new_run_id
 from vqclip.storage import open_store
 
 

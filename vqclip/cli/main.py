@@ -186,8 +186,7 @@ def fetch_models(
 
 def _load_plan(manifest: str, storage: str, preset: Optional[str]):
     """Read and fully validate a manifest; return its bytes, name, parsed form and work items."""
-    from vqclip.manifest import load_manifest, store_reader
-    from vqclip.run.state import read_manifest_source
+    from vqclip.manifest import load_manifest, read_manifest_source, store_reader
 
     data, name, base_dir = read_manifest_source(manifest)
     parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)

@@ -38,12 +38,13 @@ Admission: beyond the per-field limits, a manifest's total work (width x height 
 images) must stay within ``Settings.max_megapixel_steps``.
 """
 
-from vqclip.manifest.plan import Manifest, ManifestPrompt, SourceReader, derive_seed, describe_plan, shards, store_reader
+from vqclip.manifest.plan import Manifest, ManifestPrompt, derive_seed, describe_plan, shards
 from vqclip.manifest.readers import check_size
 from vqclip.manifest.schema import Defaults, GuideEntry, ImageEntry, PromptEntry
+from vqclip.manifest.sources import SourceReader, read_manifest_source, store_reader
 from vqclip.manifest.validate import load_manifest, load_manifest_file
 
 __all__ = [
     "Defaults", "GuideEntry", "ImageEntry", "Manifest", "ManifestPrompt", "PromptEntry", "SourceReader", "check_size",
-    "derive_seed", "describe_plan", "load_manifest", "load_manifest_file", "shards", "store_reader",
+    "derive_seed", "describe_plan", "load_manifest", "load_manifest_file", "read_manifest_source", "shards", "store_reader",
 ]

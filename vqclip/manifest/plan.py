@@ -6,23 +6,14 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypedDict
+from typing import TypedDict
 
 from PIL import Image, UnidentifiedImageError
 
 from vqclip.errors import ManifestError, ObjectNotFound
 from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, WorkItem
 from vqclip.manifest.problems import FieldPath, format_path, join_errors
-from vqclip.storage.base import ObjectStore
-
-STORE_PREFIX = "store:"
-
-SourceReader = Callable[[str], bytes]
-
-
-def store_reader(store: ObjectStore) -> SourceReader:
-    """A SourceReader of ``store:KEY`` image sources from `store`."""
-    return lambda source: store.get_bytes(source[len(STORE_PREFIX) :])
+from vqclip.manifest.sources import STORE_PREFIX, SourceReader
 
 
 @dataclass(frozen=True)

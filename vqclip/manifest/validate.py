@@ -11,10 +11,11 @@ from pydantic import BaseModel
 
 from vqclip.errors import ManifestError, ModelError, StorageError
 from vqclip.items import GenerationSettings, ModelSpec, models_for_preset
-from vqclip.manifest.plan import STORE_PREFIX, Manifest, ManifestPrompt, derive_seed, image_problem
+from vqclip.manifest.plan import Manifest, ManifestPrompt, derive_seed, image_problem
 from vqclip.manifest.problems import FieldPath, Problem, parse_model, raise_problems
 from vqclip.manifest.readers import Document, check_size, read_document
 from vqclip.manifest.schema import Defaults, Header, PromptEntry
+from vqclip.manifest.sources import STORE_PREFIX
 from vqclip.models.presets import get_preset
 from vqclip.prompts import parse_schedule
 from vqclip.settings import Settings, get_settings

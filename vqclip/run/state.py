@@ -32,7 +32,7 @@ from vqclip.run.records import (
     RunIndex,
     item_settings,
 )
-from vqclip.storage import ObjectStore, open_store
+from vqclip.storage import ObjectStore
 
 if TYPE_CHECKING:
     from vqclip.engine.generate import GenerationResult
@@ -45,22 +45,6 @@ def new_run_id(manifest_name: str, manifest_bytes: bytes) -> str:
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(manifest_name).stem)[:40] or "run"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stem}-{stamp}-{hashlib.sha256(manifest_bytes).hexdigest()[:6]}"
-
-
-def read_manifest_source(reference: str, store: ObjectStore | None = None) -> tuple[bytes, str, Path | None]:
-    """Bytes, display name and base folder of a manifest given as a local path, an `s3://` URI or `store:KEY` in `store`."""
-    if reference.startswith("store:") and store is not None:
-        key = reference[len("store:") :]
-        return store.get_bytes(key), store.url(key), None
-    if reference.startswith("s3://"):
-        bucket, _, key = reference[len("s3://") :].partition("/")
-        if not key:
-            raise VqclipError(f"{reference}: name an object, e.g. s3://bucket/manifests/batch.yaml")
-        return open_store(f"s3://{bucket}").get_bytes(key), reference, None
-    path = Path(reference)
-    if not path.is_file():
-        raise VqclipError(f"manifest {reference} does not exist or is not a file")
-    return path.read_bytes(), str(path), path.parent.resolve()
 
 
 @dataclass(frozen=True)
