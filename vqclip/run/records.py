@@ -18,14 +18,29 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def engine_label() -> str:
+    """The engine and version that made an image, as its PNG and sidecar name it."""
+    return f"vqclip {__version__}"
+
+
+def synthetic_label(item: WorkItem) -> str | None:
+    """SYNTHETIC_LABEL for an item made with untrained random weights, else None."""
+    return SYNTHETIC_LABEL if item.models.synthetic else None
+
+
+def prompt_parts(item: WorkItem) -> list[dict]:
+    """The item's parsed prompt parts as plain JSON; `stop` is None for a part without one."""
+    return [{"text": p.text, "weight": p.weight, "stop": p.stop if p.stop != float("-inf") else None} for p in item.parts]
+
+
 def item_settings(item: WorkItem) -> dict:
-    """Everything that made an item's pixels, as plain JSON (embedded in its PNG and sidecar)."""
+    """Everything that made an item's pixels, as plain JSON: the text chunks of its PNG."""
     return {
         "item_id": item.item_id,
         "prompt_id": item.prompt_id,
         "index": item.index,
         "prompt": item.prompt,
-        "parts": [{"text": p.text, "weight": p.weight, "stop": p.stop if p.stop != float("-inf") else None} for p in item.parts],
+        "parts": prompt_parts(item),
         "seed": item.seed,
         "width": item.settings.width,
         "height": item.settings.height,
@@ -35,8 +50,8 @@ def item_settings(item: WorkItem) -> dict:
         "image_prompts": [p.model_dump(mode="json") for p in item.image_prompts],
         "init_image": item.init_image.model_dump(mode="json") if item.init_image else None,
         "noise_prompts": [p.model_dump(mode="json") for p in item.noise_prompts],
-        "engine": f"vqclip {__version__}",
-        "synthetic": SYNTHETIC_LABEL if item.models.synthetic else None,
+        "engine": engine_label(),
+        "synthetic": synthetic_label(item),
     }
 
 

@@ -30,7 +30,10 @@ from vqclip.run.records import (
     RankedImage,
     Ranking,
     RunIndex,
+    engine_label,
     item_settings,
+    prompt_parts,
+    synthetic_label,
 )
 from vqclip.storage import ObjectStore
 
@@ -136,9 +139,15 @@ def item_record(
     video_key: str | None,
 ) -> ItemRecord:
     """The sidecar of `item` (as planned), made as `result` says, whose outputs are stored under these keys."""
-    settings = item_settings(item)
     return ItemRecord(
-        **{k: settings[k] for k in ("item_id", "prompt_id", "index", "prompt", "parts", "seed", "engine", "synthetic")},
+        item_id=item.item_id,
+        prompt_id=item.prompt_id,
+        index=item.index,
+        prompt=item.prompt,
+        parts=prompt_parts(item),
+        seed=item.seed,
+        engine=engine_label(),
+        synthetic=synthetic_label(item),
         settings=item.settings,
         models=item.models,
         image_prompts=list(item.image_prompts),
