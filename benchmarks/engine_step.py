@@ -17,10 +17,10 @@ import time
 
 import torch
 
+from vqclip.config import Config
 from vqclip.engine.generate import generate
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.loader import load_models
-from vqclip.settings import Settings
 
 
 def bench_items(spec, batch: int, size: int, cutouts: int, steps: int) -> list[WorkItem]:
@@ -32,7 +32,7 @@ def bench_items(spec, batch: int, size: int, cutouts: int, steps: int) -> list[W
     ]
 
 
-def step_times(models, items: list[WorkItem], runtime: Settings | None = None) -> list[float]:
+def step_times(models, items: list[WorkItem], runtime: Config | None = None) -> list[float]:
     """Wall time of every optimisation step of one `generate` call (the GPU is synchronised per step).
 
     The first includes the call's set-up and any first-time work at this shape (cuDNN's kernel
@@ -45,7 +45,7 @@ def step_times(models, items: list[WorkItem], runtime: Settings | None = None) -
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
 
-    generate(items, models, settings=runtime, progress=tick)
+    generate(items, models, config=runtime, progress=tick)
     return [b - a for a, b in zip(stamps[:-1], stamps[1:])]
 
 

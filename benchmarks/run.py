@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine_step import bench_items, step_times
+from vqclip.config import Config
 from vqclip.models.loader import Models, load_models, unload_models
-from vqclip.settings import Settings
 
 STEPS_PER_IMAGE = 300
 LARGEST_BATCH_CAP = 256
@@ -54,7 +54,7 @@ def _engine_row(models: Models, variant: str, switches: dict, batch: int, size: 
     if models.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times = step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 1), Settings(**switches))
+    times = step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 1), Config(**switches))
     seconds = statistics.median(times[1:])
     return {
         "variant": variant,
@@ -71,7 +71,7 @@ def largest_batch(models: Models, size: int, cutouts: int, switches: dict) -> in
     from vqclip.engine.batching import batch_size
 
     items = bench_items(models.spec, LARGEST_BATCH_CAP, size, cutouts, 1)
-    return batch_size(models, items, Settings(**switches))
+    return batch_size(models, items, Config(**switches))
 
 
 def compiled(quick: bool, repeats: int, baseline: dict | None) -> dict:
@@ -141,7 +141,7 @@ def quality(device: str, quick: bool) -> dict:
     result: dict = {"items": len(items), "steps": steps}
     images = {}
     for label, switches in {"fp32": STRICT_FP32, "fp32_rerun": STRICT_FP32, "bf16": BF16}.items():
-        results = generate(items, models, Settings(**switches))
+        results = generate(items, models, Config(**switches))
         images[label] = results[0].image
         finals = statistics.mean(v for r in results for v in r.similarity.values())
         firsts = statistics.mean(v for r in results for v in r.first_similarity.values())
@@ -150,7 +150,7 @@ def quality(device: str, quick: bool) -> dict:
     result["bf16_vs_fp32"] = (result["bf16_final_similarity"] - fp32) / abs(fp32)
     # The same run again: on CUDA, non-deterministic kernels make this the noise floor of the line above.
     result["fp32_rerun_vs_fp32"] = (result["fp32_rerun_final_similarity"] - fp32) / abs(fp32)
-    (alone,) = generate(items[:1], models, Settings(**STRICT_FP32))
+    (alone,) = generate(items[:1], models, Config(**STRICT_FP32))
     difference = np.abs(np.asarray(alone.image, dtype=int) - np.asarray(images["fp32"], dtype=int))
     result["alone_vs_batch_max_pixel_diff"] = int(difference.max())
     result["alone_vs_batch_mean_pixel_diff"] = float(difference.mean())
@@ -187,10 +187,10 @@ def memory_cuda(quick: bool) -> list[dict]:
     rows = []
     for size in sizes:
         for label, switches in variants.items():
-            generate(bench_items(models.spec, 1, size, 32, 1), models, Settings(**switches))
+            generate(bench_items(models.spec, 1, size, 32, 1), models, Config(**switches))
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            seconds = statistics.median(step_times(models, bench_items(models.spec, 1, size, 32, 3), Settings(**switches))[1:])
+            seconds = statistics.median(step_times(models, bench_items(models.spec, 1, size, 32, 3), Config(**switches))[1:])
             rows.append({"size": size, "variant": label, "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30, "s_per_step": seconds})
     return rows
 

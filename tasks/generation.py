@@ -8,13 +8,13 @@ from prefect import get_run_logger, task
 
 from tasks.retry import retried
 from vqclip import shutdown
+from vqclip.config import get_config
 from vqclip.items import WorkItem
 from vqclip.models.loader import load_models
 from vqclip.run.progress import ProgressRecorder
 from vqclip.run.records import ShardOutcome
 from vqclip.run.shard import run_shard
 from vqclip.run.state import RunStore
-from vqclip.settings import get_settings
 from vqclip.storage import open_store
 
 
@@ -29,4 +29,4 @@ def generate_shard(items: list[WorkItem], storage: str, run_id: str, shard: int)
     store, log = open_store(storage), get_run_logger()
     with shutdown.stop_on_signals(), ProgressRecorder(store, run_id, shard, log) as progress:
         models = partial(load_models, include_scorer=False)
-        return run_shard(items, RunStore(store, run_id), models, get_settings(), log, progress=progress)
+        return run_shard(items, RunStore(store, run_id), models, get_config(), log, progress=progress)

@@ -129,9 +129,9 @@ def test_a_weighted_ensemble_of_guides_and_noise_init(tiny_models):
 
 @pytest.mark.slow
 def test_bf16_autocast_runs_and_repeats_for_the_same_batch(tiny_models):
-    from vqclip.settings import Settings
+    from vqclip.config import Config
 
-    runtime = Settings(bf16=True)
+    runtime = Config(bf16=True)
     batch = [item("a red fox", 1), item("snow", 2)]
     first, second = generate(batch, tiny_models, runtime), generate(batch, tiny_models, runtime)
     assert all(r.ok for r in first)

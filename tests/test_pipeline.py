@@ -174,8 +174,8 @@ def test_frames_and_video_are_committed_before_the_sidecar_and_listed_in_it(tmp_
 
     import av
 
+    from vqclip.config import Config
     from vqclip.items import GenerationSettings, WorkItem, models_for_preset
-    from vqclip.settings import Settings
 
     settings = GenerationSettings(width=64, height=64, steps=6, cutouts=4, save_every=2, video={"fps": 4})
     item = WorkItem(prompt_id="fox", prompt="a red fox", seed=1, settings=settings, models=models_for_preset("tiny"))
@@ -183,7 +183,7 @@ def test_frames_and_video_are_committed_before_the_sidecar_and_listed_in_it(tmp_
     written = []
     put = type(store).put_bytes
     monkeypatch.setattr(type(store), "put_bytes", lambda self, key, *a, **k: written.append(key) or put(self, key, *a, **k))
-    outcome = shard.run_shard([item], RunStore(store, "frames"), lambda _: tiny_models, Settings(), logging.getLogger("test"))
+    outcome = shard.run_shard([item], RunStore(store, "frames"), lambda _: tiny_models, Config(), logging.getLogger("test"))
     assert outcome.done == [item.item_id]
     record = ItemRecord.model_validate_json(store.get_bytes(layout.sidecar_key("frames", item.item_id)))
     frames = [layout.frame_key("frames", item.item_id, step) for step in (2, 4)]

@@ -35,7 +35,7 @@ Image paths are relative to the manifest's folder and must exist there, or name 
 Every image must decode: local ones are decoded at validation, ``store:`` ones when `Manifest.plan` reads them.
 
 Admission: beyond the per-field limits, a manifest's total work (width x height x steps, summed over its
-images) must stay within ``Settings.max_megapixel_steps``.
+images) must stay within ``Config.max_megapixel_steps``.
 """
 
 from vqclip.manifest.plan import Manifest, ManifestPrompt, derive_seed, describe_plan, shards

@@ -13,10 +13,10 @@ from typing import Any, Callable
 
 import yaml
 
+from vqclip.config import Config
 from vqclip.errors import ManifestError
 from vqclip.manifest.problems import FieldPath, Problem, join_errors
 from vqclip.manifest.schema import PromptEntry
-from vqclip.settings import Settings
 
 FORMATS = (".yaml", ".yml", ".json", ".jsonl", ".csv")
 _RUN_KEYS = ("version", "name", "defaults")
@@ -31,17 +31,17 @@ class Document:
     problems: list[Problem] = field(default_factory=list)
 
 
-def check_size(size: int, file: str, settings: Settings) -> None:
+def check_size(size: int, file: str, config: Config) -> None:
     """Raise ManifestError if a manifest of `size` bytes is over VQCLIP_MAX_MANIFEST_BYTES (check before reading it)."""
-    if size > settings.max_manifest_bytes:
+    if size > config.max_manifest_bytes:
         raise ManifestError(
-            f"{file}: {size} bytes, more than the {settings.max_manifest_bytes} allowed "
+            f"{file}: {size} bytes, more than the {config.max_manifest_bytes} allowed "
             f"(VQCLIP_MAX_MANIFEST_BYTES); split it into several manifests"
         )
 
 
-def _decode(data: bytes, file: str, settings: Settings) -> str:
-    check_size(len(data), file, settings)
+def _decode(data: bytes, file: str, config: Config) -> str:
+    check_size(len(data), file, config)
     if b"\0" in data:
         raise ManifestError(f"{file}: a binary file, not a text manifest; give a UTF-8 {'/'.join(FORMATS)} file")
     try:
@@ -234,7 +234,7 @@ _READERS: dict[str, Callable[[str, str], Document]] = {
 }
 
 
-def read_document(data: bytes, name: str, settings: Settings) -> Document:
+def read_document(data: bytes, name: str, config: Config) -> Document:
     """Decode and parse a manifest in the format `name`'s extension names, with the line of every field."""
     suffix = PurePosixPath(name).suffix.lower()
     reader = _READERS.get(suffix)
@@ -242,4 +242,4 @@ def read_document(data: bytes, name: str, settings: Settings) -> Document:
         raise ManifestError(
             f"{name}: unknown manifest format {suffix or '(no extension)'!r}; use one of {', '.join(FORMATS)}"
         )
-    return reader(_decode(data, name, settings), name)
+    return reader(_decode(data, name, config), name)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from vqclip.config import Config, get_config
 from vqclip.errors import ManifestError, ModelError, StorageError
 from vqclip.items import GenerationSettings, ModelSpec, models_for_preset
 from vqclip.manifest.plan import Manifest, ManifestPrompt, derive_seed, image_problem
@@ -18,7 +19,6 @@ from vqclip.manifest.schema import Defaults, Header, PromptEntry
 from vqclip.manifest.sources import STORE_PREFIX
 from vqclip.models.presets import get_preset
 from vqclip.prompts import parse_schedule
-from vqclip.settings import Settings, get_settings
 from vqclip.storage.base import validate_key
 
 DEFAULT_PRESET = "default"
@@ -33,26 +33,26 @@ _MODEL_CHOICE_KEYS = frozenset({"preset", "vqgan"})
 def load_manifest(
     data: bytes,
     name: str,
-    settings: Settings | None = None,
+    config: Config | None = None,
     base_dir: Path | None = None,
     preset: str | None = None,
 ) -> Manifest:
     """Parse and fully validate a manifest (format from `name`'s extension); all errors in one ManifestError."""
-    settings = settings or get_settings()
-    return _Validator(name, settings, base_dir, preset, read_document(data, name, settings)).run()
+    config = config or get_config()
+    return _Validator(name, config, base_dir, preset, read_document(data, name, config)).run()
 
 
-def load_manifest_file(path: str | Path, settings: Settings | None = None, preset: str | None = None) -> Manifest:
+def load_manifest_file(path: str | Path, config: Config | None = None, preset: str | None = None) -> Manifest:
     """Load and validate the manifest at a local path; its image paths are relative to its folder."""
     path = Path(path)
-    settings = settings or get_settings()
+    config = config or get_config()
     try:
         # Refuse before reading, so a huge file costs nothing.
-        check_size(path.stat().st_size, str(path), settings)
+        check_size(path.stat().st_size, str(path), config)
         data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
-    return load_manifest(data, str(path), settings, base_dir=path.parent.resolve(), preset=preset)
+    return load_manifest(data, str(path), config, base_dir=path.parent.resolve(), preset=preset)
 
 
 def _source_problem(source: str, base_dir: Path | None, file: str) -> str | None:
@@ -104,8 +104,8 @@ def _pick(key: str, *levels: BaseModel | None) -> Any:
 class _Validator:
     """Checks a parsed document against the schema and the limits, collecting every problem."""
 
-    def __init__(self, file: str, settings: Settings, base_dir: Path | None, preset: str | None, document: Document):
-        self.file, self.settings, self.base_dir, self.preset = file, settings, base_dir, preset
+    def __init__(self, file: str, config: Config, base_dir: Path | None, preset: str | None, document: Document):
+        self.file, self.settings, self.base_dir, self.preset = file, config, base_dir, preset
         self.document, self.lines = document, document.lines
         self.problems: list[Problem] = list(document.problems)
         self.origins: dict[str, FieldPath] = {}

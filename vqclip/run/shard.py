@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 
 from vqclip import shutdown
+from vqclip.config import Config
 from vqclip.engine import generate as engine
 from vqclip.engine.batching import batch_size, batches
 from vqclip.engine.generate import GenerationResult, ProgressCallback
@@ -30,7 +31,6 @@ from vqclip.run.progress import Listener, ShardTracker
 from vqclip.run.records import ShardOutcome
 from vqclip.run.state import RunStore
 from vqclip.run.uploads import BackgroundUploader
-from vqclip.settings import Settings
 
 Log = logging.Logger | logging.LoggerAdapter
 
@@ -39,7 +39,7 @@ def run_shard(
     items: list[WorkItem],
     run: RunStore,
     models: Callable[[ModelSpec], Models],
-    config: Settings,
+    config: Config,
     log: Log,
     progress: Listener | None = None,
 ) -> ShardOutcome:
@@ -89,7 +89,7 @@ class _Shard:
     ) -> None:
         self.run, self.models, self.log, self.uploads, self.tracker = run, models, log, uploads, tracker
 
-    def run_batch(self, items: list[WorkItem], config: Settings) -> dict[str, str]:
+    def run_batch(self, items: list[WorkItem], config: Config) -> dict[str, str]:
         """Generate `items` as one batch and queue each finished image's commit; return failed items' errors."""
         try:
             results = self._generate(items, config)
@@ -121,7 +121,7 @@ class _Shard:
                 failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"
         return failed
 
-    def zoom_video(self, item: WorkItem, config: Settings) -> dict[str, str]:
+    def zoom_video(self, item: WorkItem, config: Config) -> dict[str, str]:
         """Make one item's zoom video frame by frame and commit it (vqclip.run.zoom); return its error if it failed."""
 
         def frame(work: WorkItem, images, progress: ProgressCallback | None) -> GenerationResult:
@@ -134,7 +134,7 @@ class _Shard:
             self.tracker.stored(item)
         return {}
 
-    def _generate(self, items: list[WorkItem], config: Settings, counted: list[WorkItem] | None = None) -> list[GenerationResult]:
+    def _generate(self, items: list[WorkItem], config: Config, counted: list[WorkItem] | None = None) -> list[GenerationResult]:
         """Generate `items` as one batch; their steps count as those of `counted` (the planned items; default `items`)."""
         images = self.run.read_inputs(items)
         return engine.generate(items, self.models, config, images=images, progress=self._heard(counted or items))
