@@ -21,7 +21,8 @@ from vqclip.cli import app
 from vqclip.cutouts import crop_sizes, make_cutouts, pooled, resample
 from vqclip.errors import ManifestError
 from vqclip.generate import generate
-from vqclip.items import AugmentCode, CutMethod, GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import AugmentCode, CutMethod, GenerationSettings, WorkItem
+from vqclip.models.presets import models_for_preset
 from vqclip.manifest import load_manifest
 
 CUT = 16

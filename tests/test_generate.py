@@ -115,7 +115,7 @@ def test_host_syncs_do_not_grow_with_the_step_count(tiny_models, monkeypatch):
 
 
 def test_a_weighted_ensemble_of_guides_and_noise_init(tiny_models):
-    from vqclip.items import ModelSpec
+    from vqclip.models.spec import ModelSpec
     from vqclip.models.loader import load_models
 
     spec = ModelSpec(vqgan="tiny_f8", guides=(("tiny-clip-a/random", 1.0), ("tiny-clip-b/random", 0.5)), scorer="tiny-clip-b/random")

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from tests.manifests import BAD, CAT, DOG, STORED, png
 from vqclip.cli import app
 from vqclip.errors import ManifestError, ObjectNotFound
-from vqclip.items import GenerationSettings, Video, models_for_preset
+from vqclip.items import GenerationSettings, Video
+from vqclip.models.presets import models_for_preset
 from vqclip.prompts import WeightedPrompt
 from vqclip.manifest import (
     Defaults,

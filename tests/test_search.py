@@ -21,7 +21,8 @@ from vqclip.embedding_index import EmbeddingIndex, add_run
 from vqclip.embeddings import load_embeddings
 from vqclip.generate import GenerationResult
 from vqclip.images import decode_image
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
+from vqclip.models.presets import models_for_preset
 from vqclip.models.loader import load_scorer
 from vqclip.run_scoring import score_run
 from vqclip.runs import commit_result, done_records

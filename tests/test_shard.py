@@ -14,7 +14,8 @@ from PIL import Image
 from vqclip import layout, retry, shard
 from vqclip.errors import Interrupted, PermanentStorageError, TransientStorageError
 from vqclip.generate import GenerationResult
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
+from vqclip.models.presets import models_for_preset
 from vqclip.runs import load_record
 from vqclip.settings import Settings
 from vqclip.storage.local import LocalStore

@@ -18,7 +18,8 @@ from tests.processes import kill_once_stored
 from vqclip import layout, shard, shutdown
 from vqclip.errors import Interrupted, ManifestError
 from vqclip.images import decode_image
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
+from vqclip.models.presets import models_for_preset
 from vqclip.manifest import load_manifest
 from vqclip.runs import load_record
 from vqclip.settings import Settings

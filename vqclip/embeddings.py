@@ -21,7 +21,7 @@ from vqclip import layout
 from vqclip.errors import ObjectNotFound, VqclipError
 from vqclip.images import decode_image
 from vqclip.models.clip import ClipModel
-from vqclip.models.presets import split_clip_name
+from vqclip.models.spec import split_clip_name
 from vqclip.records import ItemRecord
 from vqclip.score import embed_images
 from vqclip.storage import ObjectStore

@@ -53,12 +53,14 @@ from typing import Annotated, Any, Callable, Literal, NoReturn, TypedDict
 
 import yaml
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError, StorageError
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, Video, Weight, WorkItem, Zoom, models_for_preset
-from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
+from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, Video, Weight, WorkItem, Zoom
+from vqclip.models.catalog import TINY_CLIPS, get_vqgan_spec
+from vqclip.models.presets import get_preset, models_for_preset
+from vqclip.models.spec import RANDOM, Guide, GuideInput, ModelSpec, split_clip_name
 from vqclip.models.weights import PRESET_WEIGHT_LOCATIONS, open_clip_models
 from vqclip.prompts import parse_schedule
 from vqclip.settings import Settings, get_settings
@@ -128,21 +130,8 @@ def check_clip_name(name: str) -> None:
         )
 
 
-class GuideEntry(_Strict):
-    """One guiding CLIP model and its weight; a bare "MODEL/PRETRAINED" string means weight 1."""
-
-    clip: str
-    weight: float = Field(1.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"clip": data} if isinstance(data, str) else data
-
-    @field_validator("clip")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        return _as_value_error(check_clip_name, value)
+KnownClipName = Annotated[str, AfterValidator(lambda name: _as_value_error(check_clip_name, name))]
+"""A CLIP name a manifest may use: a known open_clip model with a known pretrained tag, or random weights."""
 
 
 class ImageEntry(_Strict):
@@ -181,7 +170,7 @@ class _Shared(_Strict):
     seed: int | None = Field(None, ge=0, lt=2**63, description="Base of the derived seeds.")
     preset: str | None = None
     vqgan: str | None = None
-    guides: Annotated[list[GuideEntry], Field(min_length=1)] | None = None
+    guides: Annotated[list[GuideInput[KnownClipName]], Field(min_length=1)] | None = None
     scorer: str | None = None
     noise_prompts: list[NoisePrompt] | None = Field(
         None, description='Random embeddings that guide like prompts, as "seed:weight" (weight 1 if left out).'
@@ -509,11 +498,12 @@ def _pydantic_message(error: dict, root: type[BaseModel]) -> str:
     if kind == "missing":
         return "missing; this field is required"
     if kind == "extra_forbidden":
-        nested = {"guides": GuideEntry, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
+        nested = {"guides": Guide, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
         model = nested[loc[-3]] if len(loc) >= 3 and loc[-3] in nested else root
         if len(loc) >= 2 and loc[-2] in ("video", "zoom"):
             model = Video if loc[-2] == "video" else Zoom
-        return f"unknown field; allowed fields: {', '.join(sorted(model.model_fields))}"
+        fields = model._fields if model is Guide else model.model_fields
+        return f"unknown field; allowed fields: {', '.join(sorted(fields))}"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     if kind != "value_error" and isinstance(value, (str, int, float, bool)):
@@ -973,8 +963,6 @@ class _Validator:
             if level.preset is not None:
                 spec = models_for_preset(level.preset)
             explicit = {key: getattr(level, key) for key in _MODEL_KEYS if getattr(level, key) is not None}
-            if "guides" in explicit:
-                explicit["guides"] = tuple((guide.clip, guide.weight) for guide in explicit["guides"])
             if explicit:
                 spec = ModelSpec(**{**spec.model_dump(), **explicit})
         return spec

@@ -22,8 +22,9 @@ from vqclip import generate as engine
 from vqclip import shutdown, zoom
 from vqclip.batching import batch_size, batches
 from vqclip.generate import GenerationResult, ProgressCallback
-from vqclip.items import ModelSpec, WorkItem
+from vqclip.items import WorkItem
 from vqclip.models.loader import Models
+from vqclip.models.spec import ModelSpec
 from vqclip.progress import Listener, ShardTracker
 from vqclip.records import ShardOutcome
 from vqclip.retry import retry_transient

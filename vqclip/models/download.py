@@ -28,7 +28,7 @@ import requests
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from vqclip.errors import ModelError
-from vqclip.models.presets import RemoteFile
+from vqclip.models.catalog import RemoteFile
 from vqclip.settings import Settings
 
 log = logging.getLogger(__name__)
