@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.engine_step import bench_items, step_times
-from vqclip.cutouts import make_cutouts
+from vqclip.engine.cutouts import make_cutouts
 from vqclip.items import CutMethod
 from vqclip.models.loader import load_models
 

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from vqclip.config import get_config
 from vqclip.manifest import load_manifest_file, shards
 from vqclip.models.loader import load_models
-from vqclip.settings import get_settings
-from vqclip.shard import run_shard
+from vqclip.run.shard import run_shard
 from vqclip.storage import LocalStore
 
 
@@ -31,12 +31,12 @@ def main() -> None:
     manifest = load_manifest_file(args.manifest)
     items = manifest.plan()
     models = load_models(items[0].models, device=args.device, include_scorer=False)
-    settings, log = get_settings(), logging.getLogger("benchmarks.engine_only")
+    config, log = get_config(), logging.getLogger("benchmarks.engine_only")
     with tempfile.TemporaryDirectory(prefix="vqclip-engine-only-") as folder:
         store = LocalStore(folder)
         started = time.perf_counter()
         for shard in shards(items, manifest.shard_size):
-            run_shard(shard, "engine-only", store, lambda _: models, settings, log)
+            run_shard(shard, "engine-only", store, lambda _: models, config, log)
         print(time.perf_counter() - started)
     gc.freeze()  # as `vqclip.cli.main` does at exit: the comparison leaves the interpreter's teardown out
 

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from vqclip.generate import generate
+from vqclip.config import Config
+from vqclip.engine.generate import generate
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.loader import load_models
-from vqclip.settings import Settings
 
 
 def bench_items(spec, batch: int, size: int, cutouts: int, steps: int) -> list[WorkItem]:
@@ -32,7 +32,7 @@ def bench_items(spec, batch: int, size: int, cutouts: int, steps: int) -> list[W
     ]
 
 
-def step_times(models, items: list[WorkItem], runtime: Settings | None = None) -> list[float]:
+def step_times(models, items: list[WorkItem], runtime: Config | None = None) -> list[float]:
     """Wall time of every optimisation step of one `generate` call (the GPU is synchronised per step).
 
     The first includes the call's set-up and any first-time work at this shape (cuDNN's kernel

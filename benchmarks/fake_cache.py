@@ -15,18 +15,18 @@ from pathlib import Path
 import torch
 import yaml
 
+from vqclip.config import Config
+from vqclip.models.clip import _random_clip
 from vqclip.models.download import HubFile, Wanted, Weights
 from vqclip.models.loader import RANDOM_WEIGHTS_SEED, required_files
-from vqclip.models.clip import _random_clip
 from vqclip.models.presets import models_for_preset
 from vqclip.models.spec import split_clip_name
 from vqclip.models.vqgan import build_vqgan
-from vqclip.settings import Settings
 
 
 def fill(cache: Path, preset: str = "default") -> list[Path]:
     """Write every file `preset` needs into `cache`; return their paths."""
-    settings = Settings(cache_dir=cache)
+    settings = Config(cache_dir=cache)
     spec = models_for_preset(preset)
     vq = spec.vqgan_spec
     written = []
@@ -58,10 +58,10 @@ def _place(file: Weights) -> Path:
     return repo / "snapshots" / commit / file.filename
 
 
-def _owns(clip: str, wanted: Weights, settings: Settings) -> bool:
+def _owns(clip: str, wanted: Weights, config: Config) -> bool:
     from vqclip.models.weights import clip_weight_file
 
-    return clip_weight_file(clip, settings) == wanted
+    return clip_weight_file(clip, config) == wanted
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from pathlib import Path
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from flows.lineage import run_tag
-from vqclip import layout
-from vqclip.stack import StackState, prefect_client, start_stack, stop_stack
+from vqclip.run import layout
+from vqclip.stack.control import StackState, prefect_client, start_stack, stop_stack
 
 MANIFEST = "defaults: {{preset: tiny, width: 64, height: 64, steps: 10, cutouts: 4}}\nprompts: ['intake probe {n}']\n"
 POLL_S = 0.25

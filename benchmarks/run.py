@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine_step import bench_items, step_times
+from vqclip.config import Config
 from vqclip.models.loader import Models, load_models, unload_models
-from vqclip.settings import Settings
 
 STEPS_PER_IMAGE = 300
 LARGEST_BATCH_CAP = 256
@@ -54,7 +54,7 @@ def _engine_row(models: Models, variant: str, switches: dict, batch: int, size: 
     if models.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times = step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 1), Settings(**switches))
+    times = step_times(models, bench_items(models.spec, batch, size, cutouts, repeats + 1), Config(**switches))
     seconds = statistics.median(times[1:])
     return {
         "variant": variant,
@@ -68,10 +68,10 @@ def _engine_row(models: Models, variant: str, switches: dict, batch: int, size: 
 
 def largest_batch(models: Models, size: int, cutouts: int, switches: dict) -> int:
     """The batch the pipeline's auto-batching would pick on this GPU, capped at LARGEST_BATCH_CAP."""
-    from vqclip.batching import batch_size
+    from vqclip.engine.batching import batch_size
 
     items = bench_items(models.spec, LARGEST_BATCH_CAP, size, cutouts, 1)
-    return batch_size(models, items, Settings(**switches))
+    return batch_size(models, items, Config(**switches))
 
 
 def compiled(quick: bool, repeats: int, baseline: dict | None) -> dict:
@@ -86,7 +86,7 @@ def compiled(quick: bool, repeats: int, baseline: dict | None) -> dict:
 def compiled_row(preset: str, size: int, cutouts: int, batch: int, repeats: int) -> dict:
     """One engine row with torch.compile on, measured in a child process with a time limit."""
     code = (
-        "import json; from benchmarks.run import _engine_row; from vqclip.acceleration import Accelerated; "
+        "import json; from benchmarks.run import _engine_row; from vqclip.engine.acceleration import Accelerated; "
         "from vqclip.models.loader import load_models; "
         f"m = load_models({preset!r}, device='cuda', include_scorer=False); "
         f"row = _engine_row(m, 'bf16-compile', {BF16_COMPILE!r}, {batch}, {size}, {cutouts}, {repeats}); "
@@ -130,7 +130,7 @@ def quality(device: str, quick: bool) -> dict:
     alone instead of in the batch (strict fp32)."""
     import numpy as np
 
-    from vqclip.generate import generate
+    from vqclip.engine.generate import generate
 
     if device == "cpu" and not quick:
         return {"note": "not measured on CPU: 2 x 4 full-size items x 100 steps take about an hour here"}
@@ -141,7 +141,7 @@ def quality(device: str, quick: bool) -> dict:
     result: dict = {"items": len(items), "steps": steps}
     images = {}
     for label, switches in {"fp32": STRICT_FP32, "fp32_rerun": STRICT_FP32, "bf16": BF16}.items():
-        results = generate(items, models, Settings(**switches))
+        results = generate(items, models, Config(**switches))
         images[label] = results[0].image
         finals = statistics.mean(v for r in results for v in r.similarity.values())
         firsts = statistics.mean(v for r in results for v in r.first_similarity.values())
@@ -150,7 +150,7 @@ def quality(device: str, quick: bool) -> dict:
     result["bf16_vs_fp32"] = (result["bf16_final_similarity"] - fp32) / abs(fp32)
     # The same run again: on CUDA, non-deterministic kernels make this the noise floor of the line above.
     result["fp32_rerun_vs_fp32"] = (result["fp32_rerun_final_similarity"] - fp32) / abs(fp32)
-    (alone,) = generate(items[:1], models, Settings(**STRICT_FP32))
+    (alone,) = generate(items[:1], models, Config(**STRICT_FP32))
     difference = np.abs(np.asarray(alone.image, dtype=int) - np.asarray(images["fp32"], dtype=int))
     result["alone_vs_batch_max_pixel_diff"] = int(difference.max())
     result["alone_vs_batch_mean_pixel_diff"] = float(difference.mean())
@@ -163,7 +163,7 @@ def memory_cpu(quick: bool) -> list[dict]:
     rows = []
     for batch in (1, 4):
         code = (
-            "import resource; from benchmarks.engine_step import bench_items; from vqclip.generate import generate; "
+            "import resource; from benchmarks.engine_step import bench_items; from vqclip.engine.generate import generate; "
             "from vqclip.models.loader import load_models; "
             f"m = load_models({preset!r}, device='cpu', include_scorer=False); "
             f"generate(bench_items(m.spec, {batch}, {size}, {cutouts}, 2), m); "
@@ -179,7 +179,7 @@ def memory_cuda(quick: bool) -> list[dict]:
 
     Each is measured after a first step at its shape, so first-time work (lazy kernel loading) is not counted.
     """
-    from vqclip.generate import generate
+    from vqclip.engine.generate import generate
 
     preset, sizes = ("tiny", (64, 128)) if quick else ("default-random", (256, 512, 768))
     models = load_models(preset, device="cuda", include_scorer=False)
@@ -187,10 +187,10 @@ def memory_cuda(quick: bool) -> list[dict]:
     rows = []
     for size in sizes:
         for label, switches in variants.items():
-            generate(bench_items(models.spec, 1, size, 32, 1), models, Settings(**switches))
+            generate(bench_items(models.spec, 1, size, 32, 1), models, Config(**switches))
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            seconds = statistics.median(step_times(models, bench_items(models.spec, 1, size, 32, 3), Settings(**switches))[1:])
+            seconds = statistics.median(step_times(models, bench_items(models.spec, 1, size, 32, 3), Config(**switches))[1:])
             rows.append({"size": size, "variant": label, "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30, "s_per_step": seconds})
     return rows
 
@@ -275,8 +275,8 @@ def scoring(device: str, quick: bool, repeats: int) -> dict:
     """Images scored per second by the default preset's scoring architecture, batches of 32."""
     from PIL import Image
 
+    from vqclip.engine.score import score
     from vqclip.models.loader import load_scorer
-    from vqclip.score import score
 
     name = "tiny-clip-b/random" if quick else "ViT-B-16/random"
     scorer = load_scorer(name, device=device)

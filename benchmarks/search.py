@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from vqclip.embedding_index import EmbeddingIndex, Segment, write_segment
+from vqclip.search.index import EmbeddingIndex, Segment, write_segment
 from vqclip.storage import open_store
 
 SCORER = "ViT-B-16/laion2b_s34b_b88k"

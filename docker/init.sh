@@ -48,10 +48,10 @@ done
 env -u VQCLIP_PROJECT_DIR prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 python - <<'PY'
-"""(Re)create the zombie-run and reconcile automations, the same ones the local stack installs (vqclip/stack.py)."""
+"""(Re)create the zombie-run and reconcile automations, the same ones the local stack installs (vqclip/stack/control.py)."""
 from prefect.client.orchestration import get_client
 
-from vqclip.stack import install_automations
+from vqclip.stack.control import install_automations
 
 with get_client(sync_client=True) as client:
     install_automations(client)

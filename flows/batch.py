@@ -13,14 +13,14 @@ from tasks.generation import generate_shard
 from tasks.planning import prepare_run
 from tasks.reporting import publish_artifacts, write_reports
 from tasks.scoring import index_embeddings, score_images
-from vqclip import layout
+from vqclip.config import get_config
 from vqclip.errors import ManifestError, VqclipError
 from vqclip.manifest import shards
-from vqclip.records import PlanRecord
-from vqclip.resume import resume_command
 from vqclip.retry import is_permanent
-from vqclip.runs import put_json
-from vqclip.settings import get_settings
+from vqclip.run import layout
+from vqclip.run.records import PlanRecord
+from vqclip.run.resume import resume_command
+from vqclip.run.state import put_json
 from vqclip.storage import open_store
 
 
@@ -52,7 +52,7 @@ def batch_generate(
     """
     try:
         _check_manifest_source(manifest)
-        return _run_batch(manifest, storage or get_settings().storage, run_id, preset, shard_deployment)
+        return _run_batch(manifest, storage or get_config().storage, run_id, preset, shard_deployment)
     except VqclipError as exc:
         if not is_permanent(exc):
             raise

@@ -16,11 +16,11 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from flows.lineage import run_tag, shard_tag
-from vqclip import layout
+from vqclip.config import get_config
 from vqclip.errors import StorageError
 from vqclip.items import WorkItem
-from vqclip.records import ShardOutcome
-from vqclip.settings import get_settings
+from vqclip.run import layout
+from vqclip.run.records import ShardOutcome
 from vqclip.storage import open_store
 
 POLL_SECONDS = 5.0
@@ -57,13 +57,13 @@ def dispatch_shards(deployment: str, storage: str, run_id: str, batches: list[li
     with an error.
     """
     logger = get_run_logger()
-    settings = get_settings()
+    config = get_config()
     store = open_store(storage)
     committed = set(store.list(layout.items_prefix(run_id)))
     attempts: dict[int, int] = {}
     running: dict[int, UUID] = {}
     failures: dict[str, str] = {}
-    deadline = time.monotonic() + settings.shard_timeout
+    deadline = time.monotonic() + config.shard_timeout
     with get_client(sync_client=True) as client:
         earlier = _earlier_shard_runs(client, run_id)
         before = {shard: len(earlier.get(shard, [])) for shard in range(len(batches))}
@@ -84,7 +84,7 @@ def dispatch_shards(deployment: str, storage: str, run_id: str, batches: list[li
             logger.info("%d shards already done, %d adopted, %d started", skipped, adopted, len(running) - adopted)
         while running:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id}: shards {sorted(running)} not finished after {settings.shard_timeout:.0f} s")
+                raise TimeoutError(f"run {run_id}: shards {sorted(running)} not finished after {config.shard_timeout:.0f} s")
             time.sleep(POLL_SECONDS)
             for shard, flow_run_id in list(running.items()):
                 state = client.read_flow_run(flow_run_id).state
@@ -97,7 +97,7 @@ def dispatch_shards(deployment: str, storage: str, run_id: str, batches: list[li
                     except StorageError:
                         outcome = ShardOutcome()
                     failures.update(outcome.failed)
-                elif attempts[shard] - before[shard] < settings.shard_attempts:
+                elif attempts[shard] - before[shard] < config.shard_attempts:
                     attempts[shard] += 1
                     logger.warning("shard %d ended %s (%s); dispatching attempt %d", shard, state.name, state.message, attempts[shard])
                     running[shard] = _start(deployment, storage, run_id, shard, attempts[shard])

@@ -1,4 +1,4 @@
-"""The batch run's progress artifact, moved by its shards' optimisation steps wherever they run (vqclip.progress)."""
+"""The batch run's progress artifact, moved by its shards' optimisation steps wherever they run (vqclip.run.progress)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from vqclip.items import WorkItem
-from vqclip.progress import Progress, RunProgress
+from vqclip.run.progress import Progress, RunProgress
 from vqclip.storage import ObjectStore
 
 ARTIFACT_SECONDS = 3.0

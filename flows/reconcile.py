@@ -26,8 +26,8 @@ from prefect.states import Failed
 from pydantic import BaseModel
 
 from flows.lineage import ATTEMPT_TAG, RESUMED_TAG, RUN_TAG, attempt_tag, run_id_of, run_tag, tag_value
-from vqclip.resume import resume_command
-from vqclip.settings import get_settings
+from vqclip.config import get_config
+from vqclip.run.resume import resume_command
 
 BATCH_FLOW = "batch-generate"
 
@@ -43,7 +43,7 @@ class ReconcileReport(BaseModel):
 def reconcile_runs(max_attempts: int | None = None, window_hours: float = 48.0) -> ReconcileReport:
     """Resume every crashed batch run of the last `window_hours`, or fail it once its run has had `max_attempts` runs."""
     logger = get_run_logger()
-    limit = max_attempts or get_settings().batch_attempts
+    limit = max_attempts or get_config().batch_attempts
     since = datetime.now(timezone.utc) - timedelta(hours=window_hours)
     report = ReconcileReport()
     with get_client(sync_client=True) as client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.search import find_images, publish_search
-from vqclip.settings import get_settings
+from vqclip.config import get_config
 
 
 @flow(name="search-images", persist_result=False)
@@ -17,7 +17,7 @@ def search_images(
     image_key: str | None = None,
 ) -> dict:
     """The images most like `query` (a text) or the store's image at `image_key`, per scoring model; over `runs` or every indexed run."""
-    storage = storage or get_settings().storage
+    storage = storage or get_config().storage
     result = find_images(storage, query, image_key, runs, top)
     publish_search(storage, result)
     return result.to_json()

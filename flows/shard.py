@@ -6,10 +6,11 @@ from prefect import flow
 from prefect.exceptions import TerminationSignal
 
 from tasks.generation import generate_shard
-from vqclip import layout, shutdown
+from vqclip import shutdown
 from vqclip.errors import Interrupted
-from vqclip.records import PlanRecord, ShardOutcome
-from vqclip.runs import put_json
+from vqclip.run import layout
+from vqclip.run.records import PlanRecord, ShardOutcome
+from vqclip.run.state import put_json
 from vqclip.storage import open_store
 
 

@@ -20,11 +20,11 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from vqclip import layout
+from vqclip.config import get_config
 from vqclip.errors import ManifestError, ObjectNotFound, PromptError, StorageError
 from vqclip.manifest import check_size, load_manifest, store_reader
-from vqclip.runs import new_run_id
-from vqclip.settings import get_settings
+from vqclip.run import layout
+from vqclip.run.state import new_run_id
 from vqclip.storage import ObjectStore, open_store, validate_key
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -65,7 +65,7 @@ def watch_inbox(
     the run's scheduled start. The claim is the storage's own atomic move, so watchers running at once never
     start one manifest twice.
     """
-    storage = storage or get_settings().storage
+    storage = storage or get_config().storage
     intake = _Intake(open_store(storage), storage, batch_deployment, shard_deployment, get_run_logger())
     # Counted from the scheduled start, not from now: a run that started late still ends before the next
     # scheduled one is due, which the deployment's CANCEL_NEW limit would otherwise cancel.
@@ -114,7 +114,7 @@ class _Intake:
             return
         name = _name(key)
         try:
-            check_size(self.store.size(key), name, get_settings())
+            check_size(self.store.size(key), name, get_config())
             data = self.store.get_bytes(key)
             parsed = load_manifest(data, name)
             parsed.plan(read_source=store_reader(self.store))

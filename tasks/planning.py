@@ -8,10 +8,10 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.retry import retried
-from vqclip import layout
 from vqclip.items import WorkItem
 from vqclip.manifest import load_manifest, store_reader
-from vqclip.runs import new_run_id, read_manifest_source, stage_inputs
+from vqclip.run import layout
+from vqclip.run.state import new_run_id, read_manifest_source, stage_inputs
 from vqclip.storage import open_store
 
 

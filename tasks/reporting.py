@@ -9,14 +9,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import retried
-from vqclip import layout
 from vqclip.browse import browse_link
-from vqclip.images import decode_image
+from vqclip.config import get_config
 from vqclip.items import WorkItem
-from vqclip.records import IndexEntry, ItemRecord, Ranking, RunIndex
-from vqclip.report import SCORE_MEANING, contact_sheet, gallery_html, markdown_text, thumbnail_data_uri
-from vqclip.runs import build_index, build_ranking, put_json
-from vqclip.settings import get_settings
+from vqclip.media.png import decode_image
+from vqclip.run import layout
+from vqclip.run.records import IndexEntry, ItemRecord, Ranking, RunIndex
+from vqclip.run.report import SCORE_MEANING, contact_sheet, gallery_html, markdown_text, thumbnail_data_uri
+from vqclip.run.state import build_index, build_ranking, put_json
 from vqclip.storage import ObjectStore, open_store
 
 ROW_THUMB = 64
@@ -84,7 +84,7 @@ def _link(store: ObjectStore, key: str | None, text: str) -> str:
     """A link to `key` in `vqclip serve` when VQCLIP_BROWSE_URL names it, else the key's location as plain text."""
     if not key:
         return ""
-    browse = get_settings().browse_url
+    browse = get_config().browse_url
     return f"[{text}]({browse_link(browse, key)})" if browse else markdown_text(store.url(key))
 
 
@@ -117,7 +117,7 @@ def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranki
     rows = [_row(store, row_thumbs, entry, records.get(entry.item_id)) for entry in index.items]
     more = f"; thumbnails of the first {len(rows) - row_thumbs.skipped} rows only" if row_thumbs.skipped else ""
     create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank{more}")
-    summary = _summary(store, run_id, index, ranking, get_settings().browse_url)
+    summary = _summary(store, run_id, index, ranking, get_config().browse_url)
     create_markdown_artifact(summary, key=f"summary-{_key_for(run_id)}", description=f"Best image per prompt, run {run_id}")
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from tasks.retry import retried
-from vqclip.embedding_index import add_run
 from vqclip.models.loader import load_scorer
-from vqclip.records import ItemRecord
-from vqclip.run_scoring import score_run
+from vqclip.run.records import ItemRecord
+from vqclip.run.scoring import score_run
+from vqclip.search.index import add_run
 from vqclip.storage import open_store
 
 

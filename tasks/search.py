@@ -7,10 +7,10 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.reporting import ROW_THUMB, _link, _Thumbnails
 from tasks.retry import retried
-from vqclip.images import decode_image
+from vqclip.media.png import decode_image
 from vqclip.models.loader import load_scorer
-from vqclip.report import markdown_text
-from vqclip.search import SearchResult, search
+from vqclip.run.report import markdown_text
+from vqclip.search.query import SearchResult, search
 from vqclip.storage import open_store
 
 

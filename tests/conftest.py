@@ -36,12 +36,12 @@ def tiny_models():
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
     """Fresh runtime settings with a private model cache."""
-    from vqclip.settings import Settings, get_settings
+    from vqclip.config import Config, get_config
 
     monkeypatch.setenv("VQCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
-    yield Settings()
-    get_settings.cache_clear()
+    get_config.cache_clear()
+    yield Config()
+    get_config.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ LONG = " ".join(["word"] * 80)
 
 
 def case(case_id: str, content: str | bytes, expected: str, name: str = "m.yaml", **limits):
-    """A malformed manifest, the fragment its error must contain, and Settings limits to load it under."""
+    """A malformed manifest, the fragment its error must contain, and Config limits to load it under."""
     return pytest.param(name, content, expected, limits, id=case_id)
 
 

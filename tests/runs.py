@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vqclip import layout
-from vqclip.images import read_png_metadata
-from vqclip.records import ItemRecord, Ranking, RunIndex
+from vqclip.media.png import read_png_metadata
+from vqclip.run import layout
+from vqclip.run.records import ItemRecord, Ranking, RunIndex
 
 TINY_RUN = """\
 defaults:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vqclip.seaweedfs import SeaweedServer
-from vqclip.settings import get_settings
+from vqclip.config import get_config
+from vqclip.stack.seaweedfs import SeaweedServer
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +52,11 @@ def _fresh_bucket(seaweedfs: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(seaweedfs.base / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(seaweedfs.base / "no-aws-credentials"))
-    get_settings.cache_clear()
+    get_config.cache_clear()
     client = seaweedfs.client()
     client.create_bucket(Bucket=bucket)
     yield f"s3://{bucket}/prefix"
-    get_settings.cache_clear()
+    get_config.cache_clear()
     # Each bucket holds a volume of its own; dropping it keeps a long session within the volume limit.
     if seaweedfs.running:
         client.delete_bucket(Bucket=bucket)

@@ -1,4 +1,4 @@
-"""A session fixture for the local scale-out stack (vqclip/stack.py): a real Prefect server, SeaweedFS and workers."""
+"""A session fixture for the local scale-out stack (vqclip/stack/control.py): a real Prefect server, SeaweedFS and workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vqclip.stack import StackState, log_tail, start_stack, stop_stack
+from vqclip.stack.control import StackState, log_tail, start_stack, stop_stack
 
 GPU_WORKERS = 2
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from vqclip.acceleration import Accelerated
-from vqclip.generate import generate
-from vqclip.settings import Settings
 from tests.engine import SETTINGS, item, pixels
+from vqclip.config import Config
+from vqclip.engine.acceleration import Accelerated
+from vqclip.engine.generate import generate
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_the_decoder_matches_taming_in_values_and_gradients(tiny_models, checkpo
 
 def test_checkpointing_applies_from_the_configured_side(tiny_models):
     guides = [clip for clip, _ in tiny_models.guides]
-    build = lambda side, setting: Accelerated.build(tiny_models.vqgan, guides, tiny_models.device, Settings(checkpoint_side=setting), side)  # noqa: E731
+    build = lambda side, setting: Accelerated.build(tiny_models.vqgan, guides, tiny_models.device, Config(checkpoint_side=setting), side)  # noqa: E731
     assert build(512, 512).checkpointed and build(768, 512).checkpointed
     assert not build(256, 512).checkpointed and not build(1024, 0).checkpointed
 
@@ -56,9 +56,9 @@ def test_checkpointing_applies_from_the_configured_side(tiny_models):
 @pytest.mark.slow
 def test_channels_last_and_checkpointing_give_the_same_image(tiny_models):
     batch = [item("a red fox", 7), item("snow", 8)]
-    plain = generate(batch, tiny_models, Settings(channels_last=False))
-    switched = generate(batch, tiny_models, Settings(channels_last=True, checkpoint_side=64))
-    generate(batch[:1], tiny_models, Settings(channels_last=False))  # leave the shared model as the other tests expect
+    plain = generate(batch, tiny_models, Config(channels_last=False))
+    switched = generate(batch, tiny_models, Config(channels_last=True, checkpoint_side=64))
+    generate(batch[:1], tiny_models, Config(channels_last=False))  # leave the shared model as the other tests expect
     for a, b in zip(plain, switched):
         assert np.abs(pixels(a) - pixels(b)).max() <= 2
 
@@ -74,15 +74,15 @@ def test_a_failing_compile_falls_back_to_eager_with_the_same_result(tiny_models,
     monkeypatch.setattr(torch, "compile", broken_compile)
     vqgan = tiny_models.vqgan
     batch = [item("a castle", 4, SETTINGS.model_copy(update={"steps": 5}))]
-    (eager,) = generate(batch, tiny_models, Settings())
-    with caplog.at_level(logging.WARNING, logger="vqclip.acceleration"):
-        (fallback,) = generate(batch, tiny_models, Settings(compile=True))
+    (eager,) = generate(batch, tiny_models, Config())
+    with caplog.at_level(logging.WARNING, logger="vqclip.engine.acceleration"):
+        (fallback,) = generate(batch, tiny_models, Config(compile=True))
     assert "torch.compile failed (RuntimeError: inductor: no C++ compiler found); running eagerly" in caplog.text
     assert np.abs(pixels(eager) - pixels(fallback)).max() <= 2
     assert fallback.similarity == pytest.approx(eager.similarity, abs=1e-4)
     assert Accelerated.compile_failed(vqgan), "later batches in this process must not try to compile again"
     caplog.clear()
-    generate(batch, tiny_models, Settings(compile=True))
+    generate(batch, tiny_models, Config(compile=True))
     assert "torch.compile failed" not in caplog.text
 
 
@@ -95,15 +95,15 @@ def test_an_out_of_memory_error_under_compile_is_not_taken_for_a_compiler_failur
 
     monkeypatch.setattr(torch, "compile", compile_that_runs_out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
-        generate([item("a castle", 4, SETTINGS.model_copy(update={"steps": 2}))], tiny_models, Settings(compile=True))
+        generate([item("a castle", 4, SETTINGS.model_copy(update={"steps": 2}))], tiny_models, Config(compile=True))
     assert not Accelerated.compile_failed(tiny_models.vqgan)
 
 
 @pytest.mark.slow
 def test_torch_compile_really_compiles_and_gives_the_same_image(tiny_models, no_compile_state):
     batch = [item("a red fox", 2, SETTINGS.model_copy(update={"steps": 4})), item("snow", 3, SETTINGS.model_copy(update={"steps": 4}))]
-    eager = generate(batch, tiny_models, Settings())
-    compiled = generate(batch, tiny_models, Settings(compile=True))
+    eager = generate(batch, tiny_models, Config())
+    compiled = generate(batch, tiny_models, Config(compile=True))
     assert not Accelerated.compile_failed(tiny_models.vqgan), "inductor compiled the decoder and the guide"
     assert "_vqclip_compiled" in tiny_models.vqgan.__dict__
     for a, b in zip(eager, compiled):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from flows import api_server
-from flows.api_server import ApiServerError, TemporaryApiServer, temporary_api_server
 from tests.processes import processes_with
 from tests.runs import TINY_RUN
+from vqclip.stack.api_server import ApiServerError, TemporaryApiServer, temporary_api_server
 
 
 def server_processes(marker: str) -> list[int]:

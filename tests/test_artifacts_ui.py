@@ -23,12 +23,12 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import batch_generate
 from tests.chromium import CHROMIUM, Browser
-from vqclip import layout
 from vqclip.browse import make_server
-from vqclip.images import decode_image
-from vqclip.report import LABEL
-from vqclip.seaweedfs import free_ports
-from vqclip.settings import get_settings
+from vqclip.config import get_config
+from vqclip.media.png import decode_image
+from vqclip.run import layout
+from vqclip.run.report import LABEL
+from vqclip.stack.seaweedfs import free_ports
 from vqclip.storage import ObjectStore, open_store
 
 # Slow: a Prefect server with its UI, Chromium and two batch runs (2 minutes on a busy 2-core machine).
@@ -120,9 +120,9 @@ def _run(tmp: Path, storage: str, browse_url: str | None) -> FinishedRun:
             monkeypatch.setenv("VQCLIP_BROWSE_URL", browse_url)
         else:
             monkeypatch.delenv("VQCLIP_BROWSE_URL", raising=False)
-        get_settings.cache_clear()
+        get_config.cache_clear()
         state = batch_generate(manifest=str(manifest), storage=storage, run_id="pictures", return_state=True)
-    get_settings.cache_clear()
+    get_config.cache_clear()
     assert state.is_completed(), state.message
     return FinishedRun(state.state_details.flow_run_id, "pictures", open_store(storage), browse_url)
 

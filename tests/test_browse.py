@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from vqclip import layout
 from vqclip.browse import make_server
+from vqclip.run import layout
 from vqclip.storage import LocalStore
 
 RUN = "fox-run"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vqclip.images import read_png_metadata
+from vqclip.media.png import read_png_metadata
 
 
 def vqclip(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from vqclip import layout
-from vqclip.records import IndexEntry, PromptRanking, RankedImage, Ranking, RunIndex
-from vqclip.runs import put_json
+from vqclip.run import layout
+from vqclip.run.records import IndexEntry, PromptRanking, RankedImage, Ranking, RunIndex
+from vqclip.run.state import put_json
 from vqclip.storage import LocalStore
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "open_clip", "taming", "prefect", "flows.api_server")
+HEAVY = ("torch", "open_clip", "taming", "prefect", "vqclip.stack.api_server")
 RUN_ID = "quickstart-20261130-120000-abc123"
 # Runs one command as `vqclip` does, then writes the names of every module it imported to the file named last.
 WRAPPER = """
 import json, sys
-from vqclip.cli import app
+from vqclip.cli.main import app
 *args, out = sys.argv[1:]
 try:
     app(args, prog_name="vqclip")
@@ -117,7 +117,7 @@ def test_the_default_preset_without_weights_fails_before_the_api_server_and_torc
 
 @pytest.mark.slow
 def test_generate_takes_the_tiny_presets_defaults_and_explicit_options_win(tmp_path):
-    from vqclip.images import decode_image, read_png_metadata
+    from vqclip.media.png import decode_image, read_png_metadata
 
     out = tmp_path / "fox.png"
     done, _ = vqclip(tmp_path, "generate", "a red fox", "--preset", "tiny", "--steps", "2", "--out", str(out))

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from tests.manifests import BAD
 from tests.processes import kill_once_stored
 from tests.runs import TINY_RUN, files_under
-from vqclip.cli import app
+from vqclip.cli.main import app
+from vqclip.config import get_config
 from vqclip.manifest import load_manifest_file
-from vqclip.settings import get_settings
 
 
 def vqclip(*args: str, **kwargs) -> subprocess.Popen:
@@ -39,12 +39,12 @@ def test_bad_manifests_exit_1_naming_the_place_and_write_nothing(folder, monkeyp
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     for field, value in limits.items():
         monkeypatch.setenv(f"VQCLIP_{field.upper()}", str(value))
-    get_settings.cache_clear()
+    get_config.cache_clear()
     out = folder / "out"
     try:
         result = CliRunner().invoke(app, ["run", str(path), "--storage", str(out)])
     finally:
-        get_settings.cache_clear()
+        get_config.cache_clear()
     assert result.exit_code == 1, result.output
     assert expected in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output

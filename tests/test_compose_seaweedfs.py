@@ -17,7 +17,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from vqclip.seaweedfs import ensure_grpc_certificates, free_admin_ports, weed_binary
+from vqclip.stack.seaweedfs import ensure_grpc_certificates, free_admin_ports, weed_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY, SECRET = "vqcomposekey", "vqcomposesecret0"
@@ -28,7 +28,7 @@ def compose_seaweedfs(tmp_path: Path):
     """The entrypoint on free loopback ports (each with its +10000 gRPC partner free), certificates made as compose's
     seaweedfs-certs service makes them; yields (S3 port, certificate folder)."""
     certs = tmp_path / "certs"
-    subprocess.run([sys.executable, "-m", "vqclip.seaweedfs", str(certs)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "vqclip.stack.seaweedfs", str(certs)], check=True, capture_output=True)
     assert not ensure_grpc_certificates(certs), "a second run keeps the certificates"
     taken: list[int] = []
     for _ in range(4):

@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from vqclip import cutouts as cutouts_module
 from vqclip import items as items_module
-from vqclip.augment import augment_per_item, chosen_augmentations
-from vqclip.cli import app
-from vqclip.cutouts import crop_sizes, make_cutouts, pooled, resample
+from vqclip.cli.main import app
+from vqclip.engine import cutouts as cutouts_module
+from vqclip.engine.augment import augment_per_item, chosen_augmentations
+from vqclip.engine.cutouts import crop_sizes, make_cutouts, pooled, resample
+from vqclip.engine.generate import generate
 from vqclip.errors import ManifestError
-from vqclip.generate import generate
 from vqclip.items import AugmentCode, CutMethod, GenerationSettings, WorkItem
-from vqclip.models.presets import models_for_preset
 from vqclip.manifest import load_manifest
+from vqclip.models.presets import models_for_preset
 
 CUT = 16
 ALL_CODES: tuple[AugmentCode, ...] = get_args(AugmentCode)

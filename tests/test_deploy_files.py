@@ -175,17 +175,17 @@ def dockerfile_env(path: Path) -> dict[str, str]:
 
 def settings_env_names() -> set[str]:
     """The environment variables vqclip's settings read."""
-    from vqclip.settings import Settings
+    from vqclip.config import Config
 
-    prefix = Settings.model_config["env_prefix"]
-    return {f"{prefix}{name}".upper() for name in Settings.model_fields}
+    prefix = Config.model_config["env_prefix"]
+    return {f"{prefix}{name}".upper() for name in Config.model_fields}
 
 
 def prefect_setting_names() -> set[str]:
-    from prefect.settings import Settings
+    from prefect.settings import Config
     from prefect.settings.legacy import _get_valid_setting_names
 
-    return set(_get_valid_setting_names(Settings))
+    return set(_get_valid_setting_names(Config))
 
 
 # ---------------------------------------------------------------- prefect.yaml and the flows

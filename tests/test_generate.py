@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from vqclip import generate as generate_module
-from vqclip.generate import OPTIMISERS, generate, noise_embedding, prompt_loss
-from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
 from tests.engine import SETTINGS, item, pixels
+from vqclip.engine import generate as generate_module
+from vqclip.engine.generate import OPTIMISERS, generate, noise_embedding, prompt_loss
+from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
 
 
 def early_and_late(history: list[float]) -> tuple[float, float]:
@@ -115,8 +115,8 @@ def test_host_syncs_do_not_grow_with_the_step_count(tiny_models, monkeypatch):
 
 
 def test_a_weighted_ensemble_of_guides_and_noise_init(tiny_models):
-    from vqclip.models.spec import ModelSpec
     from vqclip.models.loader import load_models
+    from vqclip.models.spec import ModelSpec
 
     spec = ModelSpec(vqgan="tiny_f8", guides=(("tiny-clip-a/random", 1.0), ("tiny-clip-b/random", 0.5)), scorer="tiny-clip-b/random")
     models = load_models(spec, device="cpu", include_scorer=False)
@@ -129,9 +129,9 @@ def test_a_weighted_ensemble_of_guides_and_noise_init(tiny_models):
 
 @pytest.mark.slow
 def test_bf16_autocast_runs_and_repeats_for_the_same_batch(tiny_models):
-    from vqclip.settings import Settings
+    from vqclip.config import Config
 
-    runtime = Settings(bf16=True)
+    runtime = Config(bf16=True)
     batch = [item("a red fox", 1), item("snow", 2)]
     first, second = generate(batch, tiny_models, runtime), generate(batch, tiny_models, runtime)
     assert all(r.ok for r in first)

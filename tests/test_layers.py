@@ -31,8 +31,8 @@ def test_the_layer_contracts_hold():
 @pytest.mark.parametrize(
     "module, line, broken",
     [
-        ("vqclip/layout.py", "import prefect", ENGINE),
-        ("vqclip/shard.py", "from tasks.retry import retried", ENGINE),
+        ("vqclip/run/layout.py", "import prefect", ENGINE),
+        ("vqclip/run/shard.py", "from tasks.retry import retried", ENGINE),
         ("vqclip/storage/local.py", "from vqclip import layout", STORAGE),
         ("vqclip/errors.py", "from vqclip import layout", CYCLES),
     ],

@@ -11,11 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.manifests import BAD, CAT, DOG, STORED, png
-from vqclip.cli import app
+from vqclip.cli.main import app
+from vqclip.config import Config, get_config
 from vqclip.errors import ManifestError, ObjectNotFound
 from vqclip.items import GenerationSettings, Video
-from vqclip.models.presets import models_for_preset
-from vqclip.prompts import WeightedPrompt
 from vqclip.manifest import (
     Defaults,
     PromptEntry,
@@ -25,7 +24,8 @@ from vqclip.manifest import (
     load_manifest_file,
     shards,
 )
-from vqclip.settings import Settings, get_settings
+from vqclip.models.presets import models_for_preset
+from vqclip.prompts import WeightedPrompt
 from vqclip.storage import open_store
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -69,7 +69,7 @@ def test_quickstart_is_three_prompts_of_two_images_in_one_shard():
 
 @pytest.mark.parametrize(("name", "content", "expected", "limits"), BAD)
 def test_bad_manifest_is_reported_precisely(folder, name, content, expected, limits):
-    message = error_of(content, name, base_dir=folder, settings=Settings(**limits))
+    message = error_of(content, name, base_dir=folder, config=Config(**limits))
     assert expected in message
     assert message.startswith(name)
 
@@ -233,11 +233,11 @@ def test_the_admission_cap_refuses_a_huge_batch_with_its_figures():
 def test_the_admission_cap_counts_each_prompts_own_settings():
     text = "defaults: {width: 256, height: 256, steps: 100}\nprompts:\n  - a fox\n  - {text: a cat, n: 3, steps: 300}\n"
     # 256 x 256 x (100 + 3 x 300) = 65.5 million pixel-steps
-    assert load(text, settings=Settings(max_megapixel_steps=66)).prompts
-    assert "4 images of 1,000 steps in all, 66 megapixel-steps" in error_of(text, settings=Settings(max_megapixel_steps=65))
+    assert load(text, config=Config(max_megapixel_steps=66)).prompts
+    assert "4 images of 1,000 steps in all, 66 megapixel-steps" in error_of(text, config=Config(max_megapixel_steps=65))
     one = "prompts: [{text: a fox, width: 1024, height: 1024, steps: 5000}]\n"
     assert "m.yaml:1: prompts: 1 image of 5,000 steps in all, 5,243 megapixel-steps" in error_of(
-        one, settings=Settings(max_megapixel_steps=5000)
+        one, config=Config(max_megapixel_steps=5000)
     )
 
 
@@ -271,11 +271,11 @@ def test_cli_refuses_an_over_cap_manifest_and_writes_nothing(tmp_path, monkeypat
     manifest.write_text("defaults: {preset: tiny, width: 256, height: 256, steps: 300, n: 2}\nprompts: [a fox]\n")
     out = tmp_path / "out"
     monkeypatch.setenv("VQCLIP_MAX_MEGAPIXEL_STEPS", "10")
-    get_settings.cache_clear()
+    get_config.cache_clear()
     try:
         result = CliRunner().invoke(app, [command, str(manifest), "--storage", str(out)])
     finally:
-        get_settings.cache_clear()
+        get_config.cache_clear()
     assert result.exit_code == 1, result.output
     output = " ".join(result.output.split())
     assert "big.yaml:2: prompts: 2 images of 600 steps in all, 40 megapixel-steps" in output
@@ -390,7 +390,7 @@ prompts:
 def test_every_optimiser_of_the_engine_can_be_chosen():
     from typing import get_args
 
-    from vqclip.generate import OPTIMISERS
+    from vqclip.engine.generate import OPTIMISERS
     from vqclip.items import Optimizer
 
     assert set(OPTIMISERS) == set(get_args(Optimizer))

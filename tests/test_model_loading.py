@@ -334,7 +334,7 @@ def test_checkpoints_in_the_legacy_pre_zip_format_still_load(tmp_path):
 def fetch(*names: str):
     from typer.testing import CliRunner
 
-    from vqclip.cli import app
+    from vqclip.cli.main import app
 
     return CliRunner().invoke(app, ["fetch-models", *names])
 

@@ -12,10 +12,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import batch_generate
 from tasks import generation
-from vqclip import layout, shard
-from vqclip.images import read_png_metadata
-from vqclip.records import ItemRecord, Ranking, RunIndex
 from tests.runs import ITEMS, check_complete_run
+from vqclip.media.png import read_png_metadata
+from vqclip.run import layout, shard
+from vqclip.run.records import ItemRecord, Ranking, RunIndex
 from vqclip.storage import open_store
 
 
@@ -111,10 +111,10 @@ def test_prompt_text_in_the_summary_artifact_renders_as_text(tmp_path, prefect_a
 
 
 def test_each_prompt_is_scored_and_ranked_by_its_own_scorer(tmp_path, prefect_api):
-    from vqclip.images import decode_image
+    from vqclip.engine.score import score
+    from vqclip.media.png import decode_image
     from vqclip.models.loader import load_scorer
-    from vqclip.runs import scoring_prompt
-    from vqclip.score import score
+    from vqclip.run.state import scoring_prompt
 
     path = tmp_path / "scorers.yaml"
     path.write_text(
@@ -143,10 +143,10 @@ def test_each_prompt_is_scored_and_ranked_by_its_own_scorer(tmp_path, prefect_ap
 def test_the_sidecar_carries_the_parsed_prompt_as_the_png_does(tmp_path):
     from PIL import Image
 
-    from vqclip.generate import GenerationResult
+    from vqclip.engine.generate import GenerationResult
     from vqclip.items import GenerationSettings, NoisePrompt, WorkItem
     from vqclip.models.presets import models_for_preset
-    from vqclip.runs import commit_result
+    from vqclip.run.state import commit_result
 
     item = WorkItem(
         prompt_id="fox",
@@ -175,9 +175,9 @@ def test_frames_and_video_are_committed_before_the_sidecar_and_listed_in_it(tmp_
 
     import av
 
+    from vqclip.config import Config
     from vqclip.items import GenerationSettings, WorkItem
     from vqclip.models.presets import models_for_preset
-    from vqclip.settings import Settings
 
     settings = GenerationSettings(width=64, height=64, steps=6, cutouts=4, save_every=2, video={"fps": 4})
     item = WorkItem(prompt_id="fox", prompt="a red fox", seed=1, settings=settings, models=models_for_preset("tiny"))
@@ -185,7 +185,7 @@ def test_frames_and_video_are_committed_before_the_sidecar_and_listed_in_it(tmp_
     written = []
     put = type(store).put_bytes
     monkeypatch.setattr(type(store), "put_bytes", lambda self, key, *a, **k: written.append(key) or put(self, key, *a, **k))
-    outcome = shard.run_shard([item], "frames", store, lambda _: tiny_models, Settings(), logging.getLogger("test"))
+    outcome = shard.run_shard([item], "frames", store, lambda _: tiny_models, Config(), logging.getLogger("test"))
     assert outcome.done == [item.item_id]
     record = ItemRecord.model_validate_json(store.get_bytes(layout.sidecar_key("frames", item.item_id)))
     frames = [layout.frame_key("frames", item.item_id, step) for step in (2, 4)]

@@ -19,12 +19,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from vqclip import layout
-from vqclip.cli_progress import ProgressLines
+from vqclip.cli.progress import ProgressLines
 from vqclip.errors import TransientStorageError
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.presets import models_for_preset
-from vqclip.progress import Progress, ProgressRecorder, RunProgress, ShardTracker
+from vqclip.run import layout
+from vqclip.run.progress import Progress, ProgressRecorder, RunProgress, ShardTracker
 from vqclip.storage.local import LocalStore
 
 LOG = logging.getLogger("tests.progress")
@@ -133,7 +133,7 @@ def test_records_written_by_another_process_reach_a_reader_here_while_the_shard_
         f"""
         import logging, time
         from tests.test_progress import RUN, make_items
-        from vqclip.progress import ProgressRecorder, ShardTracker
+        from vqclip.run.progress import ProgressRecorder, ShardTracker
         from vqclip.storage.local import LocalStore
 
         items = make_items(1, steps=60)
@@ -218,7 +218,7 @@ def test_a_run_without_a_terminal_logs_progress_and_moves_the_ui_artifact_during
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
 
     from flows import progress as flow_progress
-    from vqclip.cli import app
+    from vqclip.cli.main import app
 
     monkeypatch.setattr(flow_progress, "ARTIFACT_SECONDS", 0.3)
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "CRITICAL")

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vqclip import generate as generate_module
+from vqclip.engine import generate as generate_module
+from vqclip.engine.generate import generate, gradient_image, init_weight_loss
 from vqclip.errors import ModelError
-from vqclip.generate import generate, gradient_image, init_weight_loss
 from vqclip.items import GenerationSettings, ImagePrompt, WorkItem
 from vqclip.manifest import load_manifest
-from vqclip.models.loader import Models, load_models
 from vqclip.models.catalog import VQGANS
+from vqclip.models.loader import Models, load_models
 from vqclip.models.presets import PRESETS, models_for_preset
 from vqclip.models.vqgan import build_vqgan
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from vqclip.score import Scored, rank, score
+from vqclip.engine.score import Scored, rank, score
 
 
 def sample_images() -> list[Image.Image]:

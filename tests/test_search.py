@@ -15,19 +15,20 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vqclip import embedding_index, layout
-from vqclip.cli import app
-from vqclip.embedding_index import EmbeddingIndex, add_run
-from vqclip.embeddings import load_embeddings
-from vqclip.generate import GenerationResult
-from vqclip.images import decode_image
+from vqclip.cli.main import app
+from vqclip.engine.generate import GenerationResult
+from vqclip.engine.score import embed_images
 from vqclip.items import GenerationSettings, WorkItem
-from vqclip.models.presets import models_for_preset
+from vqclip.media.png import decode_image
 from vqclip.models.loader import load_scorer
-from vqclip.run_scoring import score_run
-from vqclip.runs import commit_result, done_records
-from vqclip.score import embed_images
-from vqclip.search import search
+from vqclip.models.presets import models_for_preset
+from vqclip.run import layout
+from vqclip.run.embeddings import load_embeddings
+from vqclip.run.scoring import score_run
+from vqclip.run.state import commit_result, done_records
+from vqclip.search import index as embedding_index
+from vqclip.search.index import EmbeddingIndex, add_run
+from vqclip.search.query import search
 from vqclip.storage import open_store
 
 SCORER_A, SCORER_B = "tiny-clip-a/random", "tiny-clip-b/random"
@@ -164,7 +165,7 @@ def test_a_run_scored_before_embeddings_were_kept_is_embedded_on_demand(tmp_path
     kept = load_embeddings(store, "old", SCORER_B)
     store.delete(layout.embeddings_key("old", SCORER_B))
 
-    from vqclip import embeddings
+    from vqclip.run import embeddings
 
     encoded: list[int] = []
     real = embeddings.embed_images

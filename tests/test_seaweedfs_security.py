@@ -21,8 +21,8 @@ from urllib.parse import quote, urlsplit
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from vqclip import stack
-from vqclip.seaweedfs import SeaweedServer, weed_binary
+from vqclip.stack import control as stack
+from vqclip.stack.seaweedfs import SeaweedServer, weed_binary
 
 TIMEOUT_S = 5.0
 Response = tuple[int, dict[str, str], bytes]

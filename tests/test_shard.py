@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vqclip import layout, retry, shard
+from vqclip import retry
+from vqclip.config import Config
+from vqclip.engine.generate import GenerationResult
 from vqclip.errors import Interrupted, PermanentStorageError, TransientStorageError
-from vqclip.generate import GenerationResult
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.presets import models_for_preset
-from vqclip.runs import load_record
-from vqclip.settings import Settings
+from vqclip.run import layout, shard
+from vqclip.run.state import load_record
 from vqclip.storage.local import LocalStore
 
 RUN = "shard"
@@ -37,10 +38,10 @@ def result(item: WorkItem, error: str | None = None) -> GenerationResult:
 
 
 class Engine:
-    """Stands in for vqclip.generate.generate; records each batch's items and the settings it ran with."""
+    """Stands in for vqclip.engine.generate.generate; records each batch's items and the settings it ran with."""
 
     def __init__(self, fail=lambda items, config: None) -> None:
-        self.calls: list[tuple[list[WorkItem], Settings]] = []
+        self.calls: list[tuple[list[WorkItem], Config]] = []
         self.fail = fail
 
     def __call__(self, items, models, config, images=None, progress=None):
@@ -64,9 +65,9 @@ def waits(monkeypatch) -> list[float]:
     return waited
 
 
-def run(items, store, engine, monkeypatch, config: Settings | None = None):
+def run(items, store, engine, monkeypatch, config: Config | None = None):
     monkeypatch.setattr(shard.engine, "generate", engine)
-    return shard.run_shard(items, RUN, store, lambda spec: CPU, config or Settings(), LOG)
+    return shard.run_shard(items, RUN, store, lambda spec: CPU, config or Config(), LOG)
 
 
 def stored(store, items) -> list[bool]:
@@ -93,7 +94,7 @@ def test_a_single_item_out_of_memory_runs_again_with_decoder_checkpointing(store
             raise RuntimeError(OOM)  # a backend's out-of-memory, known by its message
 
     engine = Engine(fits_checkpointed_only)
-    outcome = run(make_items(1), store, engine, monkeypatch, Settings(checkpoint_side=0))
+    outcome = run(make_items(1), store, engine, monkeypatch, Config(checkpoint_side=0))
     assert [(len(items), config.checkpoint_side) for items, config in engine.calls] == [(1, 0), (1, 64)]
     assert outcome.failed == {} and all(stored(store, make_items(1)))
 
@@ -103,7 +104,7 @@ def test_out_of_memory_even_with_checkpointing_is_raised(store, monkeypatch):
         raise torch.OutOfMemoryError(OOM)
 
     with pytest.raises(torch.OutOfMemoryError):
-        run(make_items(1), store, Engine(never_fits), monkeypatch, Settings(checkpoint_side=0))
+        run(make_items(1), store, Engine(never_fits), monkeypatch, Config(checkpoint_side=0))
 
 
 def test_other_engine_errors_are_not_taken_for_out_of_memory(store, monkeypatch):
@@ -212,6 +213,6 @@ def test_a_finished_shard_loads_no_models_and_generates_nothing(store, monkeypat
     run(items, store, Engine(), monkeypatch)
     engine = Engine()
     monkeypatch.setattr(shard.engine, "generate", engine)
-    outcome = shard.run_shard(items, RUN, store, lambda spec: pytest.fail("a finished shard must not load models"), Settings(), LOG)
+    outcome = shard.run_shard(items, RUN, store, lambda spec: pytest.fail("a finished shard must not load models"), Config(), LOG)
     assert sorted(outcome.done) == sorted(i.item_id for i in items) and engine.calls == []
     assert store.exists(layout.image_key(RUN, items[0].item_id))

@@ -87,10 +87,10 @@ def test_a_signalled_shard_flow_run_ends_crashed_for_the_batch_to_dispatch_again
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.settings import PREFECT_API_URL
 
-    from vqclip import layout
     from vqclip.manifest import shards
-    from vqclip.records import PlanRecord
-    from vqclip.runs import put_json
+    from vqclip.run import layout
+    from vqclip.run.records import PlanRecord
+    from vqclip.run.state import put_json
     from vqclip.storage import open_store
 
     manifest = tmp_path / "shard.yaml"

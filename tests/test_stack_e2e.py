@@ -30,13 +30,23 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
+from flows.lineage import RESUMED_TAG
 from tests.chromium import CHROMIUM, Browser
 from tests.runs import check_complete_run, item_ids
 from tests.stack_fixtures import stack_logs
-from vqclip import layout
-from vqclip.settings import get_settings
-from flows.lineage import RESUMED_TAG
-from vqclip.stack import StackState, client_env, descendants, is_alive, load_state, prefect_client, start_stack, stop_stack, zombie_automation
+from vqclip.config import get_config
+from vqclip.run import layout
+from vqclip.stack.control import (
+    StackState,
+    client_env,
+    descendants,
+    is_alive,
+    load_state,
+    prefect_client,
+    start_stack,
+    stop_stack,
+    zombie_automation,
+)
 from vqclip.storage import open_store
 
 pytestmark = pytest.mark.slow
@@ -68,9 +78,9 @@ def stack(local_stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
-    get_settings.cache_clear()
+    get_config.cache_clear()
     yield local_stack
-    get_settings.cache_clear()
+    get_config.cache_clear()
 
 
 def api_auth(state: StackState) -> tuple[str, str]:

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from vqclip.seaweedfs import free_ports
-from vqclip.stack import StackState, is_alive, listening_pids, save_state, stop_processes
+from vqclip.stack.control import StackState, is_alive, listening_pids, save_state, stop_processes
+from vqclip.stack.seaweedfs import free_ports
 
 # A stand-in server: listens on a port until killed; argv[2] is where its data would be.
 SERVER = "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(600)"

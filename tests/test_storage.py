@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from vqclip.config import Config
 from vqclip.errors import ObjectNotFound, PermanentStorageError, StorageError
 from vqclip.retry import is_transient
-from vqclip.seaweedfs import SeaweedServer, free_ports
-from vqclip.settings import Settings
+from vqclip.stack.seaweedfs import SeaweedServer, free_ports
 from vqclip.storage import LocalStore, ObjectStore, S3Store, open_store
 from vqclip.storage import local as local_module
 from vqclip.storage.local import TEMP_PREFIX
@@ -25,7 +25,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """The same tests on a LocalStore and on an S3Store backed by SeaweedFS."""
     if request.param == "local":
         return open_store(str(tmp_path / "store"))
-    return open_store(request.getfixturevalue("s3_bucket"), Settings())
+    return open_store(request.getfixturevalue("s3_bucket"), Config())
 
 
 def _leftover_temp_files(root: Path) -> list[Path]:
@@ -48,7 +48,7 @@ def test_put_file_large(store: ObjectStore, tmp_path: Path) -> None:
 
 
 def test_s3_put_file_above_threshold_is_multipart(s3_bucket: str, seaweedfs: SeaweedServer, tmp_path: Path) -> None:
-    store = open_store(s3_bucket, Settings())
+    store = open_store(s3_bucket, Config())
     source = tmp_path / "big.png"
     source.write_bytes(os.urandom(9 * 1024 * 1024))
     store.put_file("big.png", source)
@@ -163,14 +163,14 @@ def test_url_and_uri(store: ObjectStore) -> None:
     else:
         assert store.url("runs/r1/index.json") == f"{store.uri}/runs/r1/index.json"
         assert store.url("runs/r1/") == f"{store.uri}/runs/r1/"
-    assert open_store(store.uri, Settings()).url("k") == store.url("k")
+    assert open_store(store.uri, Config()).url("k") == store.url("k")
 
 
 def test_open_store_picks_the_store_by_uri(tmp_path: Path) -> None:
     assert isinstance(open_store(str(tmp_path)), LocalStore)
     assert open_store(tmp_path.as_uri()).root == tmp_path
     assert open_store((tmp_path / "with space").as_uri()).root == tmp_path / "with space"
-    s3 = open_store("s3://my-bucket/some/prefix/", Settings(s3_endpoint_url="http://127.0.0.1:1"))
+    s3 = open_store("s3://my-bucket/some/prefix/", Config(s3_endpoint_url="http://127.0.0.1:1"))
     assert isinstance(s3, S3Store)
     assert (s3.bucket, s3.prefix, s3.uri) == ("my-bucket", "some/prefix/", "s3://my-bucket/some/prefix")
     assert s3.endpoint == "http://127.0.0.1:1"
@@ -182,7 +182,7 @@ def test_open_store_picks_the_store_by_uri(tmp_path: Path) -> None:
 )
 def test_open_store_rejects_unknown_locations(uri: str) -> None:
     with pytest.raises(StorageError):
-        open_store(uri, Settings())
+        open_store(uri, Config())
 
 
 def test_s3_wrong_secret_fails_fast_and_permanently(
@@ -190,7 +190,7 @@ def test_s3_wrong_secret_fails_fast_and_permanently(
 ) -> None:
     wrong = "wrong-" + seaweedfs.secret_key[:10]
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
-    store = open_store(s3_bucket, Settings())
+    store = open_store(s3_bucket, Config())
     for call in (lambda: store.put_bytes("x.txt", b"x"), lambda: store.get_bytes("x.txt"), store.list, lambda: store.exists("x")):
         started = time.monotonic()
         with pytest.raises(PermanentStorageError) as caught:
@@ -205,7 +205,7 @@ def test_s3_wrong_secret_fails_fast_and_permanently(
 def test_s3_unknown_access_key_is_permanent(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "VQNOSUCHKEY0000")
     with pytest.raises(PermanentStorageError, match="InvalidAccessKeyId") as caught:
-        open_store(s3_bucket, Settings()).put_bytes("x.txt", b"x")
+        open_store(s3_bucket, Config()).put_bytes("x.txt", b"x")
     assert "VQNOSUCHKEY0000" not in str(caught.value)
 
 
@@ -214,11 +214,11 @@ def test_s3_missing_credentials_are_permanent(s3_bucket: str, monkeypatch: pytes
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(PermanentStorageError, match="AWS_ACCESS_KEY_ID"):
-        open_store(s3_bucket, Settings()).get_bytes("x.txt")
+        open_store(s3_bucket, Config()).get_bytes("x.txt")
 
 
 def test_s3_missing_bucket_is_permanent(s3_bucket: str) -> None:
-    store = open_store("s3://vqclip-no-such-bucket/p", Settings())
+    store = open_store("s3://vqclip-no-such-bucket/p", Config())
     for call in (lambda: store.put_bytes("x.txt", b"x"), store.list):
         with pytest.raises(PermanentStorageError, match="vqclip-no-such-bucket.*does not exist"):
             call()
@@ -237,7 +237,7 @@ def test_s3_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_s3_server_down_is_transient_and_data_survives_restart(s3_bucket: str, seaweedfs: SeaweedServer) -> None:
-    settings = Settings()
+    settings = Config()
     open_store(s3_bucket, settings).put_bytes("kept.txt", b"still here")
     bucket, _, prefix = s3_bucket.removeprefix("s3://").partition("/")
     impatient = S3Store(bucket, prefix, endpoint_url=settings.s3_endpoint_url, max_attempts=2, connect_timeout=1, read_timeout=2)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vqclip.stack import StackState, is_alive, load_state, save_state, spawn
-from vqclip.supervisor import Supervisor
+from vqclip.stack.control import StackState, is_alive, load_state, save_state, spawn
+from vqclip.stack.supervisor import Supervisor
 
 
 @pytest.fixture

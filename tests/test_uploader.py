@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from vqclip.uploader import BackgroundUploader
+from vqclip.run.uploads import BackgroundUploader
 
 RUN = contextvars.ContextVar("RUN", default="none")
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from flows import watch
-from vqclip import layout
+from vqclip.config import get_config
 from vqclip.errors import StorageError
-from vqclip.settings import get_settings
+from vqclip.run import layout
 from vqclip.storage import LocalStore, open_store
 
 GOOD = "defaults: {{preset: tiny, width: 64, height: 64, steps: 2}}\nprompts: ['{text}']\n"
@@ -118,9 +118,9 @@ def fill_inbox(store, put_hostile) -> None:
 def limits(monkeypatch):
     monkeypatch.setenv("VQCLIP_MAX_MANIFEST_BYTES", "3000")
     monkeypatch.setenv("VQCLIP_MAX_MEGAPIXEL_STEPS", "10")
-    get_settings.cache_clear()
+    get_config.cache_clear()
     yield
-    get_settings.cache_clear()
+    get_config.cache_clear()
 
 
 def check_one_pass(store, report, started) -> None:

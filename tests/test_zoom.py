@@ -15,16 +15,17 @@ import pytest
 from PIL import Image
 
 from tests.processes import kill_once_stored
-from vqclip import layout, shard, shutdown
+from vqclip import shutdown
+from vqclip.config import Config
 from vqclip.errors import Interrupted, ManifestError
-from vqclip.images import decode_image
 from vqclip.items import GenerationSettings, WorkItem
-from vqclip.models.presets import models_for_preset
 from vqclip.manifest import load_manifest
-from vqclip.runs import load_record
-from vqclip.settings import Settings
+from vqclip.media.png import decode_image
+from vqclip.models.presets import models_for_preset
+from vqclip.run import layout, shard
+from vqclip.run.state import load_record
+from vqclip.run.zoom import frame_seed, zoom_image
 from vqclip.storage.local import LocalStore
-from vqclip.zoom import frame_seed, zoom_image
 
 RUN = "zoom"
 LOG = logging.getLogger("tests.zoom")
@@ -87,7 +88,7 @@ def stop_flag(monkeypatch):
 
 def run(item, store, models, engine, monkeypatch):
     monkeypatch.setattr(shard.engine, "generate", engine)
-    return shard.run_shard([item], RUN, store, lambda _: models, Settings(), LOG)
+    return shard.run_shard([item], RUN, store, lambda _: models, Config(), LOG)
 
 
 def frame_pixels(store, item) -> list[np.ndarray]:
@@ -172,7 +173,7 @@ def test_a_bad_zoom_setting_is_a_validation_error_naming_its_field(fields, messa
 def test_zoom_decides_the_item_id_and_its_steps_count_towards_the_work_cap():
     def plan(zoom: str) -> list[WorkItem]:
         text = f"defaults: {{width: 64, height: 64, steps: 10, seed: 1}}\nprompts:\n  - {{text: a fox, {zoom}}}\n"
-        return load_manifest(text.encode(), "m.yaml", preset="tiny", settings=Settings(max_megapixel_steps=1)).plan()
+        return load_manifest(text.encode(), "m.yaml", preset="tiny", config=Config(max_megapixel_steps=1)).plan()
 
     still, zoomed = plan("n: 1"), plan("zoom: {frames: 5, steps_per_frame: 10}")
     assert still[0].item_id != zoomed[0].item_id and zoomed[0].settings.total_steps == 50

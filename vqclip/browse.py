@@ -12,8 +12,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
 
-from vqclip import layout
 from vqclip.errors import ObjectNotFound, StorageError, VqclipError
+from vqclip.run import layout
 from vqclip.storage import ObjectStore, validate_key, validate_prefix
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from vqclip.models.spec import ModelSpec
 from vqclip.prompts import WeightedPrompt, final_prompt, format_schedule, parse_schedule
 from vqclip.recipes import Recipe, apply_recipe
 
-
 Optimizer = Literal["adam", "adamw", "adagrad", "adamax", "nadam", "radam", "rmsprop"]
 """The reference implementation's optimisers that torch.optim provides, by lower-case name."""
 
@@ -59,7 +58,7 @@ class Zoom(BaseModel):
 
 
 class GenerationSettings(BaseModel):
-    """Settings shared by every item of one batch: they fix its tensor shapes and its schedule."""
+    """Config shared by every item of one batch: they fix its tensor shapes and its schedule."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -113,7 +112,7 @@ _ADDED_SETTINGS = {
     "init_weight_mode": "constant",
     "recipe": "vqclip",
 }
-"""Settings added after item ids were first handed out, with the values that leave those ids unchanged."""
+"""Config added after item ids were first handed out, with the values that leave those ids unchanged."""
 
 
 class ImagePrompt(BaseModel):

@@ -35,7 +35,7 @@ Image paths are relative to the manifest's folder and must exist there, or name 
 Every image must decode: local ones are decoded at validation, ``store:`` ones when `Manifest.plan` reads them.
 
 Admission: beyond the per-field limits, a manifest's total work (width x height x steps, summed over its
-images) must stay within ``Settings.max_megapixel_steps``.
+images) must stay within ``Config.max_megapixel_steps``.
 """
 
 from __future__ import annotations
@@ -53,17 +53,15 @@ from typing import Annotated, Any, Callable, Literal, NoReturn, TypedDict
 
 import yaml
 from PIL import Image, UnidentifiedImageError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from vqclip.config import Config, get_config
 from vqclip.errors import ManifestError, ModelError, ObjectNotFound, PromptError, StorageError
-from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, Video, Weight, WorkItem, Zoom
-from vqclip.models.catalog import TINY_CLIPS, get_vqgan_spec
-from vqclip.models.presets import get_preset, models_for_preset
-from vqclip.models.spec import RANDOM, Guide, GuideInput, ModelSpec, split_clip_name
+from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, Video, Weight, WorkItem, Zoom, models_for_preset
+from vqclip.models.presets import RANDOM, TINY_CLIPS, get_preset, get_vqgan_spec, split_clip_name
 from vqclip.models.weights import PRESET_WEIGHT_LOCATIONS, open_clip_models
 from vqclip.prompts import parse_schedule
-from vqclip.settings import Settings, get_settings
 from vqclip.storage.base import ObjectStore, validate_key
 
 FORMATS = (".yaml", ".yml", ".json", ".jsonl", ".csv")
@@ -130,8 +128,21 @@ def check_clip_name(name: str) -> None:
         )
 
 
-KnownClipName = Annotated[str, AfterValidator(lambda name: _as_value_error(check_clip_name, name))]
-"""A CLIP name a manifest may use: a known open_clip model with a known pretrained tag, or random weights."""
+class GuideEntry(_Strict):
+    """One guiding CLIP model and its weight; a bare "MODEL/PRETRAINED" string means weight 1."""
+
+    clip: str
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"clip": data} if isinstance(data, str) else data
+
+    @field_validator("clip")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _as_value_error(check_clip_name, value)
 
 
 class ImageEntry(_Strict):
@@ -170,7 +181,7 @@ class _Shared(_Strict):
     seed: int | None = Field(None, ge=0, lt=2**63, description="Base of the derived seeds.")
     preset: str | None = None
     vqgan: str | None = None
-    guides: Annotated[list[GuideInput[KnownClipName]], Field(min_length=1)] | None = None
+    guides: Annotated[list[GuideEntry], Field(min_length=1)] | None = None
     scorer: str | None = None
     noise_prompts: list[NoisePrompt] | None = Field(
         None, description='Random embeddings that guide like prompts, as "seed:weight" (weight 1 if left out).'
@@ -498,12 +509,11 @@ def _pydantic_message(error: dict, root: type[BaseModel]) -> str:
     if kind == "missing":
         return "missing; this field is required"
     if kind == "extra_forbidden":
-        nested = {"guides": Guide, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
+        nested = {"guides": GuideEntry, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
         model = nested[loc[-3]] if len(loc) >= 3 and loc[-3] in nested else root
         if len(loc) >= 2 and loc[-2] in ("video", "zoom"):
             model = Video if loc[-2] == "video" else Zoom
-        fields = model._fields if model is Guide else model.model_fields
-        return f"unknown field; allowed fields: {', '.join(sorted(fields))}"
+        return f"unknown field; allowed fields: {', '.join(sorted(model.model_fields))}"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     if kind != "value_error" and isinstance(value, (str, int, float, bool)):
@@ -545,17 +555,17 @@ class _Document:
     problems: list[_Problem] = field(default_factory=list)
 
 
-def check_size(size: int, file: str, settings: Settings) -> None:
+def check_size(size: int, file: str, config: Config) -> None:
     """Raise ManifestError if a manifest of `size` bytes is over VQCLIP_MAX_MANIFEST_BYTES (check before reading it)."""
-    if size > settings.max_manifest_bytes:
+    if size > config.max_manifest_bytes:
         raise ManifestError(
-            f"{file}: {size} bytes, more than the {settings.max_manifest_bytes} allowed "
+            f"{file}: {size} bytes, more than the {config.max_manifest_bytes} allowed "
             f"(VQCLIP_MAX_MANIFEST_BYTES); split it into several manifests"
         )
 
 
-def _decode(data: bytes, file: str, settings: Settings) -> str:
-    check_size(len(data), file, settings)
+def _decode(data: bytes, file: str, config: Config) -> str:
+    check_size(len(data), file, config)
     if b"\0" in data:
         raise ManifestError(f"{file}: a binary file, not a text manifest; give a UTF-8 {'/'.join(FORMATS)} file")
     try:
@@ -754,33 +764,33 @@ _READERS: dict[str, Callable[[str, str], _Document]] = {
 def load_manifest(
     data: bytes,
     name: str,
-    settings: Settings | None = None,
+    config: Config | None = None,
     base_dir: Path | None = None,
     preset: str | None = None,
 ) -> Manifest:
     """Parse and fully validate a manifest (format from `name`'s extension); all errors in one ManifestError."""
-    settings = settings or get_settings()
+    config = config or get_config()
     suffix = PurePosixPath(name).suffix.lower()
     reader = _READERS.get(suffix)
     if reader is None:
         raise ManifestError(
             f"{name}: unknown manifest format {suffix or '(no extension)'!r}; use one of {', '.join(FORMATS)}"
         )
-    document = reader(_decode(data, name, settings), name)
-    return _Validator(name, settings, base_dir, preset, document).run()
+    document = reader(_decode(data, name, config), name)
+    return _Validator(name, config, base_dir, preset, document).run()
 
 
-def load_manifest_file(path: str | Path, settings: Settings | None = None, preset: str | None = None) -> Manifest:
+def load_manifest_file(path: str | Path, config: Config | None = None, preset: str | None = None) -> Manifest:
     """Load and validate the manifest at a local path; its image paths are relative to its folder."""
     path = Path(path)
-    settings = settings or get_settings()
+    config = config or get_config()
     try:
         # Refuse before reading, so a huge file costs nothing.
-        check_size(path.stat().st_size, str(path), settings)
+        check_size(path.stat().st_size, str(path), config)
         data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
-    return load_manifest(data, str(path), settings, base_dir=path.parent.resolve(), preset=preset)
+    return load_manifest(data, str(path), config, base_dir=path.parent.resolve(), preset=preset)
 
 
 def _source_problem(source: str, base_dir: Path | None, file: str) -> str | None:
@@ -832,8 +842,8 @@ def _pick(key: str, *levels: BaseModel | None) -> Any:
 class _Validator:
     """Checks a parsed document against the schema and the limits, collecting every problem."""
 
-    def __init__(self, file: str, settings: Settings, base_dir: Path | None, preset: str | None, document: _Document):
-        self.file, self.settings, self.base_dir, self.preset = file, settings, base_dir, preset
+    def __init__(self, file: str, config: Config, base_dir: Path | None, preset: str | None, document: _Document):
+        self.file, self.settings, self.base_dir, self.preset = file, config, base_dir, preset
         self.document, self.lines = document, document.lines
         self.problems: list[_Problem] = list(document.problems)
         self.origins: dict[str, FieldPath] = {}
@@ -963,6 +973,8 @@ class _Validator:
             if level.preset is not None:
                 spec = models_for_preset(level.preset)
             explicit = {key: getattr(level, key) for key in _MODEL_KEYS if getattr(level, key) is not None}
+            if "guides" in explicit:
+                explicit["guides"] = tuple((guide.clip, guide.weight) for guide in explicit["guides"])
             if explicit:
                 spec = ModelSpec(**{**spec.model_dump(), **explicit})
         return spec

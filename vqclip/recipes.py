@@ -32,7 +32,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def apply_recipe(data: dict[str, Any]) -> dict[str, Any]:
-    """Settings `data` with its recipe's values filled in wherever `data` leaves them out.
+    """Config `data` with its recipe's values filled in wherever `data` leaves them out.
 
     An unknown recipe fills in nothing, so that validation reports it as the wrong value it is.
     """

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 import requests
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from vqclip.config import Config
 from vqclip.errors import ModelError
 from vqclip.models.catalog import RemoteFile
-from vqclip.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ def _hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def offline(settings: Settings) -> bool:
+def offline(config: Config) -> bool:
     """True when the network must not be touched (VQCLIP_OFFLINE or HF_HUB_OFFLINE)."""
-    return settings.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    return config.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
 def sha256_of(path: Path) -> str:
@@ -258,7 +258,7 @@ def _fetch_hub(file: HubFile, deadline: float) -> list[str]:
     return []
 
 
-def ensure_files(files: list[Weights], settings: Settings) -> None:
+def ensure_files(files: list[Weights], config: Config) -> None:
     """Make sure every file is in the cache, downloading what is missing; one error names all failures.
 
     Reaching the hosts shares one connect budget (`settings.connect_timeout`), so an unreachable
@@ -267,9 +267,9 @@ def ensure_files(files: list[Weights], settings: Settings) -> None:
     missing = [file for file in files if not is_cached(file)]
     if not missing:
         return
-    if offline(settings):
+    if offline(config):
         raise ModelError(_missing_message([(file, ["offline mode: the network was not tried"]) for file in missing]))
-    deadline = time.monotonic() + settings.connect_timeout
+    deadline = time.monotonic() + config.connect_timeout
     failed: list[tuple[Weights, list[str]]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, transient=True) as progress:
@@ -282,6 +282,6 @@ def ensure_files(files: list[Weights], settings: Settings) -> None:
             if reasons:
                 failed.append((file, reasons))
             else:
-                deadline = time.monotonic() + settings.connect_timeout
+                deadline = time.monotonic() + config.connect_timeout
     if failed:
         raise ModelError(_missing_message(failed))

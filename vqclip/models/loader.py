@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vqclip.config import Config, get_config
 from vqclip.errors import ModelError
 from vqclip.models.clip import ClipModel, build_clip
 from vqclip.models.download import HubFile, Wanted, ensure_files
@@ -16,7 +17,6 @@ from vqclip.models.presets import models_for_preset
 from vqclip.models.spec import ModelSpec
 from vqclip.models.vqgan import VQGAN, build_vqgan, load_vqgan
 from vqclip.models.weights import clip_name, clip_weight_file, required_files
-from vqclip.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _vqgan(spec: ModelSpec, settings: Settings, device: torch.device) -> VQGAN:
+def _vqgan(spec: ModelSpec, config: Config, device: torch.device) -> VQGAN:
     vq = spec.vqgan_spec
     key = (f"vqgan:{vq.name}:{'random' if spec.synthetic else 'trained'}", str(device))
     if key not in _LOADED:
@@ -54,15 +54,15 @@ def _vqgan(spec: ModelSpec, settings: Settings, device: torch.device) -> VQGAN:
                 # taming initialises codes in +-1/n_embed, which leaves a random model no room to move.
                 torch.nn.init.normal_(model.codebook)
         else:
-            model = load_vqgan(settings.vqgan_cache / vq.config.filename, settings.vqgan_cache / vq.checkpoint.filename)
+            model = load_vqgan(config.vqgan_cache / vq.config.filename, config.vqgan_cache / vq.checkpoint.filename)
         _LOADED[key] = model.to(device).eval().requires_grad_(False)
     return _LOADED[key]
 
 
-def _clip(name: str, settings: Settings, device: torch.device) -> ClipModel:
+def _clip(name: str, config: Config, device: torch.device) -> ClipModel:
     key = (f"clip:{name}", str(device))
     if key not in _LOADED:
-        source = clip_weight_file(name, settings)
+        source = clip_weight_file(name, config)
         if isinstance(source, HubFile):
             source = source.cached()
             if source is None:  # the callers fetch first: reaching here is a bug, not random weights
@@ -73,7 +73,7 @@ def _clip(name: str, settings: Settings, device: torch.device) -> ClipModel:
 
 def load_models(
     spec: ModelSpec | str,
-    settings: Settings | None = None,
+    config: Config | None = None,
     device: torch.device | str | None = None,
     include_scorer: bool = True,
 ) -> Models:
@@ -81,14 +81,14 @@ def load_models(
 
     Models are kept for the life of the process, so later calls with the same spec are free.
     """
-    settings = settings or get_settings()
+    config = config or get_config()
     spec = models_for_preset(spec) if isinstance(spec, str) else spec
-    device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
+    device = resolve_device(device or config.device) if not isinstance(device, torch.device) else device
     with _LOADING:
-        ensure_files(required_files(spec, settings, include_scorer), settings)
-        guides = [(_clip(clip_name(name, spec.random_weights), settings, device), weight) for name, weight in spec.guides]
-        scorer = _clip(clip_name(spec.scorer, spec.random_weights), settings, device) if include_scorer else None
-        return Models(spec=spec, vqgan=_vqgan(spec, settings, device), guides=guides, scorer=scorer, device=device)
+        ensure_files(required_files(spec, config, include_scorer), config)
+        guides = [(_clip(clip_name(name, spec.random_weights), config, device), weight) for name, weight in spec.guides]
+        scorer = _clip(clip_name(spec.scorer, spec.random_weights), config, device) if include_scorer else None
+        return Models(spec=spec, vqgan=_vqgan(spec, config, device), guides=guides, scorer=scorer, device=device)
 
 
 def preload_models(specs: Iterable[ModelSpec]) -> threading.Thread:
@@ -110,15 +110,15 @@ def preload_models(specs: Iterable[ModelSpec]) -> threading.Thread:
     return thread
 
 
-def load_scorer(name: str, settings: Settings | None = None, device: torch.device | str | None = None) -> ClipModel:
+def load_scorer(name: str, config: Config | None = None, device: torch.device | str | None = None) -> ClipModel:
     """Fetch (if needed) and build one CLIP model for scoring."""
-    settings = settings or get_settings()
-    device = resolve_device(device or settings.device) if not isinstance(device, torch.device) else device
+    config = config or get_config()
+    device = resolve_device(device or config.device) if not isinstance(device, torch.device) else device
     with _LOADING:
-        source = clip_weight_file(name, settings)
+        source = clip_weight_file(name, config)
         if isinstance(source, (Wanted, HubFile)):
-            ensure_files([source], settings)
-        return _clip(name, settings, device)
+            ensure_files([source], config)
+        return _clip(name, config, device)
 
 
 def unload_models() -> None:

@@ -14,12 +14,12 @@ import os
 from functools import cache
 from pathlib import Path
 
+from vqclip.config import Config
 from vqclip.errors import ModelError
 from vqclip.models.catalog import TINY_CLIPS, VQGANS, RemoteFile
 from vqclip.models.download import HubFile, Wanted, Weights, is_cached
 from vqclip.models.presets import PRESETS, models_for_preset
 from vqclip.models.spec import RANDOM, ModelSpec, split_clip_name
-from vqclip.settings import Settings
 
 HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 """open_clip's file name of a Hugging Face Hub checkpoint whose `hf_hub` names only a repository."""
@@ -62,7 +62,7 @@ def _weight_location(model: str, tag: str) -> dict[str, str]:
     return PRESET_WEIGHT_LOCATIONS.get(f"{model}/{tag}") or pretrained_cfg(model, tag)
 
 
-def clip_weight_file(name: str, settings: Settings) -> Weights | Path | None:
+def clip_weight_file(name: str, config: Config) -> Weights | Path | None:
     """Where a CLIP model's weights come from: a cached or local Path, a file to download, or None (random)."""
     model, tag = split_clip_name(name)
     if tag == RANDOM:
@@ -74,10 +74,10 @@ def clip_weight_file(name: str, settings: Settings) -> Weights | Path | None:
     cfg = _weight_location(model, tag)
     if cfg.get("hf_hub"):
         repo, filename = os.path.split(cfg["hf_hub"])
-        hub = HubFile(repo, filename or HF_WEIGHTS_NAME, settings.clip_cache, name)
+        hub = HubFile(repo, filename or HF_WEIGHTS_NAME, config.clip_cache, name)
         return hub.cached() or hub
     url = cfg["url"]
-    return Wanted(RemoteFile(url.rsplit("/", 1)[-1], (url,)), settings.clip_cache / model, name)
+    return Wanted(RemoteFile(url.rsplit("/", 1)[-1], (url,)), config.clip_cache / model, name)
 
 
 def clip_name(name: str, random_weights: bool) -> str:
@@ -86,36 +86,36 @@ def clip_name(name: str, random_weights: bool) -> str:
     return f"{model}/{RANDOM}" if random_weights else name
 
 
-def required_files(spec: ModelSpec, settings: Settings, include_scorer: bool = True) -> list[Weights]:
+def required_files(spec: ModelSpec, config: Config, include_scorer: bool = True) -> list[Weights]:
     """The weight files `spec` needs that have to come from the cache (downloaded if missing)."""
     wanted: list[Weights] = []
     vq = spec.vqgan_spec
     if not spec.synthetic:
-        wanted += [Wanted(vq.config, settings.vqgan_cache, vq.name), Wanted(vq.checkpoint, settings.vqgan_cache, vq.name)]
+        wanted += [Wanted(vq.config, config.vqgan_cache, vq.name), Wanted(vq.checkpoint, config.vqgan_cache, vq.name)]
     names = [name for name, _ in spec.guides] + ([spec.scorer] if include_scorer else [])
     for name in names:
-        source = clip_weight_file(clip_name(name, spec.random_weights), settings)
+        source = clip_weight_file(clip_name(name, spec.random_weights), config)
         if isinstance(source, (Wanted, HubFile)) and source not in wanted:
             wanted.append(source)
     return wanted
 
 
-def named_files(name: str, settings: Settings) -> list[Weights]:
+def named_files(name: str, config: Config) -> list[Weights]:
     """The weight files of a preset, a VQGAN or an open_clip ``MODEL/PRETRAINED`` model, by name."""
     if name in PRESETS:
-        return required_files(models_for_preset(name), settings)
+        return required_files(models_for_preset(name), config)
     if name in VQGANS:
         vq = VQGANS[name]
-        return [] if vq.checkpoint is None else [Wanted(f, settings.vqgan_cache, name) for f in (vq.config, vq.checkpoint)]
+        return [] if vq.checkpoint is None else [Wanted(f, config.vqgan_cache, name) for f in (vq.config, vq.checkpoint)]
     if "/" not in name:
         raise ModelError(
             f"unknown model {name!r}; give a preset ({', '.join(PRESETS)}), a VQGAN ({', '.join(VQGANS)}) "
             "or an open_clip MODEL/PRETRAINED name such as ViT-B-32/laion2b_s34b_b79k"
         )
-    source = clip_weight_file(name, settings)
+    source = clip_weight_file(name, config)
     return [source] if isinstance(source, (Wanted, HubFile)) else []
 
 
-def cached_files(spec: ModelSpec, settings: Settings) -> list[tuple[Weights, bool]]:
+def cached_files(spec: ModelSpec, config: Config) -> list[tuple[Weights, bool]]:
     """Each weight file `spec` needs, and whether it is already in the cache."""
-    return [(file, is_cached(file)) for file in required_files(spec, settings)]
+    return [(file, is_cached(file)) for file in required_files(spec, config)]

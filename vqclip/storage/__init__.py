@@ -5,8 +5,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+from vqclip.config import Config, get_config
 from vqclip.errors import StorageError
-from vqclip.settings import Settings, get_settings
 from vqclip.storage.base import ObjectStore, validate_key, validate_prefix
 from vqclip.storage.local import LocalStore
 from vqclip.storage.s3 import S3Store
@@ -16,7 +16,7 @@ __all__ = ["ObjectStore", "LocalStore", "S3Store", "open_store", "validate_key",
 _FORMS = "a folder path, file:///absolute/folder or s3://bucket/prefix"
 
 
-def open_store(uri: str, settings: Settings | None = None) -> ObjectStore:
+def open_store(uri: str, config: Config | None = None) -> ObjectStore:
     """The store `uri` names: a folder or file:// URI (LocalStore), or s3://bucket/prefix (S3Store)."""
     if not uri or not uri.strip():
         raise StorageError(f"no storage location given; use {_FORMS} (VQCLIP_STORAGE)")
@@ -38,11 +38,11 @@ def open_store(uri: str, settings: Settings | None = None) -> ObjectStore:
     if scheme == "s3":
         if not parts.netloc:
             raise StorageError(f"storage location {uri!r} names no bucket; write it as s3://bucket/prefix")
-        settings = settings or get_settings()
+        config = config or get_config()
         return S3Store(
             parts.netloc,
             parts.path,
-            endpoint_url=settings.s3_endpoint_url,
-            path_style=settings.s3_path_style,
+            endpoint_url=config.s3_endpoint_url,
+            path_style=config.s3_path_style,
         )
     raise StorageError(f"storage location {uri!r} uses the unsupported scheme {parts.scheme!r}; use {_FORMS}")

@@ -14,16 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vqclip import shutdown
-from vqclip.cli_output import console, errors, options, user_errors
-from vqclip.cli_stack import register as register_stack_commands
-from vqclip.cli_search import register as register_search_commands
+from vqclip.cli.output import console, errors, options, user_errors
+from vqclip.cli.search import register as register_search_commands
+from vqclip.cli.stack import register as register_stack_commands
 from vqclip.errors import VqclipError
 from vqclip.items import REFERENCE_AUGMENTS, AugmentCode, CutMethod
 from vqclip.recipes import Recipe
 from vqclip.storage import open_store
 
 if TYPE_CHECKING:
-    from flows.api_server import TemporaryApiServer
+    from vqclip.stack.api_server import TemporaryApiServer
 
 app = typer.Typer(help="Batch VQGAN+CLIP text-to-image generation.", no_args_is_help=True, add_completion=False)
 
@@ -84,16 +84,16 @@ def generate(
     """Generate one image and write it as a PNG with its settings embedded."""
     import tempfile
 
+    from vqclip.config import get_config
     from vqclip.items import GenerationSettings, WorkItem
     from vqclip.models.loader import load_models
     from vqclip.models.presets import get_preset, models_for_preset
     from vqclip.prompts import parse_schedule
-    from vqclip.runs import load_record
-    from vqclip.settings import get_settings
-    from vqclip.shard import run_shard
+    from vqclip.run.shard import run_shard
+    from vqclip.run.state import load_record
     from vqclip.storage import LocalStore
 
-    # Settings left out come from the preset (the tiny one's are small, for a quick smoke run), then the defaults.
+    # Config left out come from the preset (the tiny one's are small, for a quick smoke run), then the defaults.
     given = dict(zip(("width", "height"), _parse_size(size))) if size else {}
     given.update({key: value for key, value in (("steps", steps), ("cutouts", cutouts)) if value is not None})
     with user_errors():
@@ -116,7 +116,7 @@ def generate(
             store = LocalStore(folder)
             task = bar.add_task(f"generating on {models.device}", total=settings.total_steps)
             outcome = run_shard(
-                [item], "generate", store, lambda _: models, get_settings(), logging.getLogger(__name__),
+                [item], "generate", store, lambda _: models, get_config(), logging.getLogger(__name__),
                 progress=lambda now: bar.update(task, completed=now.steps_done),
             )
             if outcome.failed:
@@ -133,18 +133,18 @@ def generate(
 @app.command("models")
 def list_models() -> None:
     """List presets and VQGANs, and which of their weight files are cached."""
+    from vqclip.config import get_config
     from vqclip.models.catalog import VQGANS
     from vqclip.models.presets import PRESETS
     from vqclip.models.weights import cached_files
-    from vqclip.settings import get_settings
 
-    settings = get_settings()
+    config = get_config()
     with user_errors():
-        table = Table(title=f"presets (cache: {settings.cache_dir})")
+        table = Table(title=f"presets (cache: {config.cache_dir})")
         for column in ("preset", "models", "weights cached"):
             table.add_column(column)
         for preset in PRESETS.values():
-            files = cached_files(preset.models, settings)
+            files = cached_files(preset.models, config)
             cached = f"{sum(ok for _, ok in files)}/{len(files)}" if files else "none needed"
             models = preset.models
             guides = ", ".join(g.clip for g in models.guides)
@@ -154,7 +154,7 @@ def list_models() -> None:
         for column in ("name", "factor", "size", "cached", "description"):
             vq.add_column(column)
         for spec in VQGANS.values():
-            cached = "n/a" if spec.checkpoint is None else ("yes" if (settings.vqgan_cache / spec.checkpoint.filename).exists() else "no")
+            cached = "n/a" if spec.checkpoint is None else ("yes" if (config.vqgan_cache / spec.checkpoint.filename).exists() else "no")
             size = f"~{spec.approx_size_mb} MB" if spec.approx_size_mb else "-"
             vq.add_row(spec.name, f"f{spec.factor}", size, cached, spec.description)
         console.print(vq)
@@ -171,24 +171,24 @@ def fetch_models(
     ] = None,
 ) -> None:
     """Download the weights of presets or single models into the cache (for machines that will run offline)."""
+    from vqclip.config import get_config
     from vqclip.models.download import Wanted, ensure_files
     from vqclip.models.weights import named_files
-    from vqclip.settings import get_settings
 
-    settings = get_settings()
+    config = get_config()
     names = names or ["default"]
     with user_errors():
-        files = list(dict.fromkeys(wanted for name in names for wanted in named_files(name, settings)))
-        ensure_files(files, settings)
+        files = list(dict.fromkeys(wanted for name in names for wanted in named_files(name, config)))
+        ensure_files(files, config)
     for file in files:
         console.print(f"cached {file.path if isinstance(file, Wanted) else file.cached()}")
-    console.print(f"{', '.join(names)}: all weights in {settings.cache_dir}")
+    console.print(f"{', '.join(names)}: all weights in {config.cache_dir}")
 
 
 def _load_plan(manifest: str, storage: str, preset: Optional[str]):
     """Read and fully validate a manifest; return its bytes, name, parsed form and work items."""
     from vqclip.manifest import load_manifest, store_reader
-    from vqclip.runs import read_manifest_source
+    from vqclip.run.state import read_manifest_source
 
     data, name, base_dir = read_manifest_source(manifest)
     parsed = load_manifest(data, name, base_dir=base_dir, preset=preset)
@@ -204,11 +204,11 @@ def validate(
     storage: Annotated[Optional[str], typer.Option(help="Store that `store:` image paths refer to.")] = None,
 ) -> None:
     """Check a manifest and print the plan it expands to (exit 1 on errors)."""
+    from vqclip.config import get_config
     from vqclip.manifest import describe_plan
-    from vqclip.settings import get_settings
 
     with user_errors():
-        _, name, parsed, items = _load_plan(manifest, storage or get_settings().storage, preset)
+        _, name, parsed, items = _load_plan(manifest, storage or get_config().storage, preset)
         plan = describe_plan(items, parsed.shard_size)
     table = Table(title=f"{name}: {plan['images']} images, {plan['shards']} shards, {plan['steps']} optimisation steps")
     for column in ("prompt", "images", "size", "steps", "models"):
@@ -220,9 +220,9 @@ def validate(
 
 def _print_summary(storage: str, run_id: str) -> None:
     """Print a run's best score per prompt, then each best image's path whole, on a line of its own."""
-    from vqclip import layout
-    from vqclip.records import Ranking
-    from vqclip.runs import load_index
+    from vqclip.run import layout
+    from vqclip.run.records import Ranking
+    from vqclip.run.state import load_index
 
     store = open_store(storage)
     index = load_index(store, run_id)
@@ -250,21 +250,21 @@ def run(
     preset: Annotated[Optional[str], typer.Option(help="Override the manifest's preset.")] = None,
 ) -> None:
     """Run a manifest end to end in this process (Prefect's ephemeral API; no server needed)."""
-    from vqclip import layout
-    from vqclip.runs import new_run_id
-    from vqclip.settings import get_settings
+    from vqclip.config import get_config
+    from vqclip.run import layout
+    from vqclip.run.state import new_run_id
 
     if not options["debug"]:
         # Failures reach the user as one message below; Prefect's own tracebacks are for --debug.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    storage = storage or get_settings().storage
+    storage = storage or get_config().storage
     # The manifest, the run id and the weights are checked before the API server and torch start, so
     # that a bad manifest or missing weights without internet fail within seconds.
     with user_errors():
         plan = _load_plan(manifest, storage, preset)
         run_id = layout.check_run_id(run_id or new_run_id(plan[1], plan[0]))
         _ensure_weights(plan[3])
-    from flows.api_server import temporary_api_server
+    from vqclip.stack.api_server import temporary_api_server
 
     # SIGTERM and SIGINT only raise the stop flag: the run ends at its next step, its finished images
     # stored and its state recorded, before the temporary server (in a session of its own) stops.
@@ -275,20 +275,20 @@ def run(
 
 def _ensure_weights(items: list) -> None:
     """Download the weights the items' models lack, or fail naming each missing file (torch is not needed)."""
+    from vqclip.config import get_config
     from vqclip.models.download import ensure_files
     from vqclip.models.weights import required_files
-    from vqclip.settings import get_settings
 
-    settings = get_settings()
+    config = get_config()
     with console.status("checking model weights", spinner="dots"):
         for spec in {item.models for item in items}:
-            ensure_files(required_files(spec, settings), settings)
+            ensure_files(required_files(spec, config), config)
 
 
 def _run(manifest: str, storage: str, run_id: str, preset: Optional[str], plan: tuple, server: Optional[TemporaryApiServer]) -> None:
-    from vqclip import layout
     from vqclip.models.loader import preload_models
-    from vqclip.resume import resume_command
+    from vqclip.run import layout
+    from vqclip.run.resume import resume_command
 
     _, _, parsed, items = plan
     with user_errors():
@@ -304,12 +304,12 @@ def _run(manifest: str, storage: str, run_id: str, preset: Optional[str], plan: 
 
     from prefect.exceptions import TerminationSignal
 
-    from flows.api_server import prefect_api
     from flows.batch import batch_generate
-    from vqclip.cli_progress import RunProgressDisplay
+    from vqclip.cli.progress import RunProgressDisplay
     from vqclip.manifest import shards
-    from vqclip.progress import RunProgress
     from vqclip.retry import is_permanent
+    from vqclip.run.progress import RunProgress
+    from vqclip.stack.api_server import prefect_api
 
     try:
         with user_errors(), prefect_api(server), RunProgressDisplay(errors, RunProgress(store, run_id, shards(items, parsed.shard_size))):
@@ -351,10 +351,10 @@ def show(
     storage: Annotated[Optional[str], typer.Option(help="Where the run's outputs are.")] = None,
 ) -> None:
     """Summarise a run from storage: best image and score per prompt."""
-    from vqclip.settings import get_settings
+    from vqclip.config import get_config
 
     with user_errors():
-        _print_summary(storage or get_settings().storage, run_id)
+        _print_summary(storage or get_config().storage, run_id)
 
 
 @app.command()
@@ -366,11 +366,11 @@ def submit(
     shard_deployment: Annotated[str, typer.Option(help="Deployment the batch fans shards out to.")] = "generate-shard/generate-shard",
 ) -> None:
     """Validate a manifest here, upload it to the storage inbox, and print its key (and, with --now, the run's URL)."""
-    from vqclip import layout
-    from vqclip.runs import new_run_id
-    from vqclip.settings import get_settings
+    from vqclip.config import get_config
+    from vqclip.run import layout
+    from vqclip.run.state import new_run_id
 
-    storage = storage or get_settings().storage
+    storage = storage or get_config().storage
     with user_errors():
         data, name, parsed, items = _load_plan(str(manifest), storage, None)
         local = [source for source in parsed.sources() if not source.startswith("store:")]
@@ -411,10 +411,10 @@ def serve(
 ) -> None:
     """Serve a store read-only to a browser: runs, galleries, images, sidecars, contact sheets, frames and videos."""
     from vqclip.browse import make_server
-    from vqclip.settings import get_settings
+    from vqclip.config import get_config
 
     with user_errors():
-        store = open_store(storage or get_settings().storage)
+        store = open_store(storage or get_config().storage)
         server = make_server(store, host, port)
     console.print(f"serving {store.url()} read-only at [bold]{server.url}/[/] (VQCLIP_BROWSE_URL={server.url} links the UI's artifacts here); Ctrl-C stops")
     try:

@@ -8,7 +8,7 @@ VQGAN's latent as an init image, and is optimised for `steps_per_frame` steps wi
 Every frame is stored before the next starts, and frame n depends only on the item and the stored,
 lossless PNG of frame n-1 (never on state kept in memory), so a run resumed after a kill continues
 at the first missing frame and makes the frames an uninterrupted run makes: exactly on a CPU, and on
-CUDA as closely as two uninterrupted runs agree (see vqclip.generate). The item's image (the last
+CUDA as closely as two uninterrupted runs agree (see vqclip.engine.generate). The item's image (the last
 frame), its MP4 and then its sidecar are committed once every frame exists.
 """
 
@@ -22,16 +22,16 @@ from functools import partial
 
 from PIL import Image, ImageChops, ImageOps
 
-from vqclip import layout
-from vqclip.generate import GenerationResult, ProgressCallback
-from vqclip.images import decode_image, encode_png, read_png_metadata
+from vqclip.engine.generate import GenerationResult, ProgressCallback
 from vqclip.items import ImagePrompt, WorkItem
+from vqclip.media.png import decode_image, encode_png, read_png_metadata
+from vqclip.media.video import encode_mp4
 from vqclip.prompts import format_prompt, stage_at
-from vqclip.records import item_settings
 from vqclip.retry import retry_transient
-from vqclip.runs import item_record, read_inputs, write_record
+from vqclip.run import layout
+from vqclip.run.records import item_settings
+from vqclip.run.state import item_record, read_inputs, write_record
 from vqclip.storage import ObjectStore
-from vqclip.video import encode_mp4
 
 FrameGenerator = Callable[[WorkItem, Mapping[str, Image.Image], ProgressCallback | None], GenerationResult]
 """Generates one frame's work item with these images (by source), reporting its steps to the callback."""

@@ -1,6 +1,6 @@
 """The engine's speed and memory switches: TF32, channels-last, decoder checkpointing, torch.compile.
 
-Each is read from `Settings`; `Accelerated` turns them into the two callables the step loop needs,
+Each is read from `Config`; `Accelerated` turns them into the two callables the step loop needs,
 one that decodes latents and one per guide that embeds cutouts.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vqclip.config import Config
 from vqclip.models.clip import ClipModel
 from vqclip.models.vqgan import VQGAN
-from vqclip.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,12 @@ _COMPILED = "_vqclip_compiled"
 _FAILED = "_vqclip_compile_failed"
 
 
-def configure_backends(device: torch.device, settings: Settings) -> None:
+def configure_backends(device: torch.device, config: Config) -> None:
     """TF32 for CUDA matrix products and convolutions, and cuDNN's kernel search, as the settings say."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
-        torch.backends.cudnn.allow_tf32 = settings.tf32
-        torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32
+        torch.backends.cudnn.allow_tf32 = config.tf32
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
 
 def _compiled(module: nn.Module, variant: str, function: Function) -> Function:
@@ -54,13 +54,13 @@ class Accelerated:
     compile: bool
 
     @classmethod
-    def build(cls, vqgan: VQGAN, guides: list[ClipModel], device: torch.device, settings: Settings, side: int) -> Accelerated:
+    def build(cls, vqgan: VQGAN, guides: list[ClipModel], device: torch.device, config: Config, side: int) -> Accelerated:
         """Apply the settings to the models for images whose larger side is `side` pixels."""
-        configure_backends(device, settings)
-        vqgan.decoder.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
-        checkpointed = 0 < settings.checkpoint_side <= side
-        compile = settings.compile and not cls.compile_failed(vqgan)
-        return cls(vqgan, guides, settings.channels_last, checkpointed, compile)
+        configure_backends(device, config)
+        vqgan.decoder.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+        checkpointed = 0 < config.checkpoint_side <= side
+        compile = config.compile and not cls.compile_failed(vqgan)
+        return cls(vqgan, guides, config.channels_last, checkpointed, compile)
 
     @staticmethod
     def compile_failed(module: nn.Module) -> bool:

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vqclip import layout
+from vqclip.engine.score import embed_images
 from vqclip.errors import ObjectNotFound, VqclipError
-from vqclip.images import decode_image
+from vqclip.media.png import decode_image
 from vqclip.models.clip import ClipModel
 from vqclip.models.spec import split_clip_name
-from vqclip.records import ItemRecord
-from vqclip.score import embed_images
+from vqclip.run import layout
+from vqclip.run.records import ItemRecord
 from vqclip.storage import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -29,14 +29,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vqclip import shutdown
-from vqclip.acceleration import Accelerated
-from vqclip.clamp import clamp_with_grad
-from vqclip.cutouts import make_cutouts
+from vqclip.config import Config, get_config
+from vqclip.engine.acceleration import Accelerated
+from vqclip.engine.clamp import clamp_with_grad
+from vqclip.engine.cutouts import make_cutouts
 from vqclip.errors import GenerationError
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.models.loader import Models
 from vqclip.prompts import stage_at
-from vqclip.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,9 @@ class GenerationResult:
         return self.error is None
 
 
-def bf16_enabled(device: torch.device, settings: Settings) -> bool:
+def bf16_enabled(device: torch.device, config: Config) -> bool:
     """bf16 autocast for the decoder and CLIP: on CUDA unless turned off; on CPUs with native bf16 if asked for."""
-    if not (device.type == "cuda" if settings.bf16 is None else settings.bf16):
+    if not (device.type == "cuda" if config.bf16 is None else config.bf16):
         return False
     if device.type == "cuda":
         return True
@@ -302,7 +302,7 @@ def gradient_image(width: int, height: int, generator: torch.Generator) -> torch
 def generate(
     items: list[WorkItem],
     models: Models,
-    settings: Settings | None = None,
+    config: Config | None = None,
     images: Mapping[str, Image.Image] | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[GenerationResult]:
@@ -312,7 +312,7 @@ def generate(
     turns non-finite come back with `error` set; the others are unaffected. Raises Interrupted at the
     next step once a stop is requested (see vqclip.shutdown).
     """
-    runtime = settings or get_settings()
+    runtime = config or get_config()
     images = images or {}
     gen = _shared_settings(items)
     factor = models.vqgan.factor

@@ -6,7 +6,7 @@ an item whose loss became non-finite restarts once from its seed at half the lea
 fails alone with the reason. Finished images are stored on background threads while the next batch
 computes, each commit tried again on transient faults (vqclip.retry), so a storage outage costs no
 GPU work; the shard is left, however it ends, only once the queued commits are done. A stop request
-(vqclip.shutdown) ends it at the next optimisation step with Interrupted. Zoom items (vqclip.zoom) run
+(vqclip.shutdown) ends it at the next optimisation step with Interrupted. Zoom items (vqclip.run.zoom) run
 one at a time after the others, each frame stored before the next starts.
 """
 
@@ -18,20 +18,21 @@ from collections.abc import Callable
 
 import torch
 
-from vqclip import generate as engine
-from vqclip import shutdown, zoom
-from vqclip.batching import batch_size, batches
-from vqclip.generate import GenerationResult, ProgressCallback
+from vqclip import shutdown
+from vqclip.config import Config
+from vqclip.engine import generate as engine
+from vqclip.engine.batching import batch_size, batches
+from vqclip.engine.generate import GenerationResult, ProgressCallback
 from vqclip.items import WorkItem
 from vqclip.models.loader import Models
 from vqclip.models.spec import ModelSpec
-from vqclip.progress import Listener, ShardTracker
-from vqclip.records import ShardOutcome
 from vqclip.retry import retry_transient
-from vqclip.runs import commit_result, pending_items, read_inputs
-from vqclip.settings import Settings
+from vqclip.run import zoom
+from vqclip.run.progress import Listener, ShardTracker
+from vqclip.run.records import ShardOutcome
+from vqclip.run.state import commit_result, pending_items, read_inputs
+from vqclip.run.uploads import BackgroundUploader
 from vqclip.storage import ObjectStore
-from vqclip.uploader import BackgroundUploader
 
 Log = logging.Logger | logging.LoggerAdapter
 
@@ -41,7 +42,7 @@ def run_shard(
     run_id: str,
     store: ObjectStore,
     models: Callable[[ModelSpec], Models],
-    config: Settings,
+    config: Config,
     log: Log,
     progress: Listener | None = None,
 ) -> ShardOutcome:
@@ -91,7 +92,7 @@ class _Shard:
     ) -> None:
         self.store, self.run_id, self.models, self.log, self.uploads, self.tracker = store, run_id, models, log, uploads, tracker
 
-    def run(self, items: list[WorkItem], config: Settings) -> dict[str, str]:
+    def run(self, items: list[WorkItem], config: Config) -> dict[str, str]:
         """Generate `items` as one batch and queue each finished image's commit; return failed items' errors."""
         try:
             results = self._generate(items, config)
@@ -123,8 +124,8 @@ class _Shard:
                 failed[item.item_id] = f"{result.error} (after a restart at half the learning rate)"
         return failed
 
-    def zoom_video(self, item: WorkItem, config: Settings) -> dict[str, str]:
-        """Make one item's zoom video frame by frame and commit it (vqclip.zoom); return its error if it failed."""
+    def zoom_video(self, item: WorkItem, config: Config) -> dict[str, str]:
+        """Make one item's zoom video frame by frame and commit it (vqclip.run.zoom); return its error if it failed."""
 
         def frame(work: WorkItem, images, progress: ProgressCallback | None) -> GenerationResult:
             return engine.generate([work], self.models, config, images=images, progress=progress)[0]
@@ -136,7 +137,7 @@ class _Shard:
             self.tracker.stored(item)
         return {}
 
-    def _generate(self, items: list[WorkItem], config: Settings, counted: list[WorkItem] | None = None) -> list[GenerationResult]:
+    def _generate(self, items: list[WorkItem], config: Config, counted: list[WorkItem] | None = None) -> list[GenerationResult]:
         """Generate `items` as one batch; their steps count as those of `counted` (the planned items; default `items`)."""
         images = read_inputs(self.store, self.run_id, items)
         return engine.generate(items, self.models, config, images=images, progress=self._heard(counted or items))

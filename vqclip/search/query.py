@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from vqclip.embedding_index import EmbeddingIndex, add_run
+from vqclip.engine.score import embed_images, embed_texts
 from vqclip.errors import VqclipError
 from vqclip.models.clip import ClipModel
 from vqclip.models.spec import split_clip_name
-from vqclip.score import embed_images, embed_texts
+from vqclip.search.index import EmbeddingIndex, add_run
 from vqclip.storage import ObjectStore
 
 GROUPED_NOTE = "runs scored by different CLIP models are searched separately; similarities compare only within a model"

@@ -7,7 +7,7 @@ there), a `cpu` worker and N `gpu` workers (process type; CPU-only unless the ma
 workers and `env.sh` pass. It creates the work pools, applies deployments/prefect.yaml and the
 automations (zombie flow runs marked Crashed; crashed batch runs reconciled), marks the runs a
 previous stack left in flight Crashed, records pids, ports and URLs in `<state>/stack.json` (logs
-beside it), and starts a supervisor (vqclip/supervisor.py) that restarts any piece that dies.
+beside it), and starts a supervisor (vqclip/stack/supervisor.py) that restarts any piece that dies.
 `stop_stack` stops them again by pid, flow-run processes started by the workers and any process
 still listening on the stack's ports included.
 
@@ -37,7 +37,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from vqclip.errors import VqclipError
-from vqclip.seaweedfs import PORT_NAMES, SeaweedServer, can_bind, free_ports
+from vqclip.stack.seaweedfs import PORT_NAMES, SeaweedServer, can_bind, free_ports
 
 if TYPE_CHECKING:
     from prefect.automations import AutomationCore
@@ -710,8 +710,8 @@ def _supervisor_alive(state: StackState) -> bool:
 
 
 def start_supervisor(state: StackState) -> None:
-    """Start the process that restarts the stack's pieces when they die (vqclip/supervisor.py), and record it."""
-    command = [sys.executable, "-m", "vqclip.supervisor", state.state_dir]
+    """Start the process that restarts the stack's pieces when they die (vqclip/stack/supervisor.py), and record it."""
+    command = [sys.executable, "-m", "vqclip.stack.supervisor", state.state_dir]
     record = spawn(SUPERVISOR, command, Path(state.state_dir) / "logs" / "supervisor.log", _base_env(state), Path(state.project_dir))
     state.processes = [r for r in state.processes if r.name != SUPERVISOR] + [record]
     save_state(state)

@@ -1,6 +1,6 @@
 """The local stack's supervisor: restarts any piece of a `vqclip up` stack that dies, and records it.
 
-Run by `vqclip up` as `python -m vqclip.supervisor STATE_DIR`, in a session of its own. Every
+Run by `vqclip up` as `python -m vqclip.stack.supervisor STATE_DIR`, in a session of its own. Every
 CHECK_S it reads `<state>/stack.json`; a recorded process that is gone is started again with the
 same command, working folder, log and environment, in a new session, and the state file gets its
 new pid and restart count (what `vqclip status` shows and `vqclip down` stops). A piece that dies
@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from vqclip.stack import SUPERVISOR, ProcessRecord, StackState, is_alive, load_state, process_env, save_state, spawn
+from vqclip.stack.control import SUPERVISOR, ProcessRecord, StackState, is_alive, load_state, process_env, save_state, spawn
 
-logger = logging.getLogger("vqclip.supervisor")
+logger = logging.getLogger("vqclip.stack.supervisor")
 
 CHECK_S = 2.0
 STABLE_S = 60.0

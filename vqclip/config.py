@@ -16,7 +16,7 @@ def _default_cache_dir() -> Path:
     return Path(base) / "vqclip"
 
 
-class Settings(BaseSettings):
+class Config(BaseSettings):
     """Every knob a deployment may turn, each read from `VQCLIP_<NAME>`."""
 
     model_config = SettingsConfigDict(env_prefix="VQCLIP_", extra="ignore")
@@ -95,6 +95,6 @@ class Settings(BaseSettings):
 
 
 @lru_cache(maxsize=1)
-def get_settings() -> Settings:
+def get_config() -> Config:
     """The process-wide settings (read once from the environment)."""
-    return Settings()
+    return Config()

@@ -11,10 +11,10 @@ import logging
 
 import torch
 
-from vqclip.generate import generate
+from vqclip.config import Config
+from vqclip.engine.generate import generate
 from vqclip.items import WorkItem
 from vqclip.models.loader import Models
-from vqclip.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def fit_batch(fixed: int, per_item: int, free: int) -> int:
     return max(1, (free - fixed) // max(per_item, 1))
 
 
-def measure_batch_memory(models: Models, item: WorkItem, runtime: Settings) -> tuple[int, int]:
+def measure_batch_memory(models: Models, item: WorkItem, runtime: Config) -> tuple[int, int]:
     """(fixed, per-item) peak CUDA bytes of an optimisation step for items shaped like `item`."""
     device = models.device
     probe = item.settings.model_copy(update={"steps": 1, "save_every": 0})
@@ -52,7 +52,7 @@ def _free_memory(device: torch.device) -> int:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def batch_size(models: Models, items: list[WorkItem], runtime: Settings) -> int:
+def batch_size(models: Models, items: list[WorkItem], runtime: Config) -> int:
     """Items per engine batch for `items` (one shape): all of them, unless CUDA memory allows fewer."""
     if models.device.type != "cuda" or not runtime.auto_batch or runtime.micro_batch or len(items) == 1:
         return len(items)

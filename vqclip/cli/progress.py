@@ -2,7 +2,7 @@
 
 On a terminal, a rich bar redrawn as each step lands; otherwise (output to a file or a pipe) a line at
 every further tenth of the steps, and at least every LINE_SECONDS while steps move. The counts come
-from vqclip.progress: at once from shards run in this process, from the store's records for others.
+from vqclip.run.progress: at once from shards run in this process, from the store's records for others.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
 
-from vqclip.progress import Progress, RunProgress
+from vqclip.run.progress import Progress, RunProgress
 
 POLL_SECONDS = 0.1
 """How often the display reads the counts (this process's are in memory; the store is read less often)."""

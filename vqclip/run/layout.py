@@ -75,7 +75,7 @@ def shard_outcome_key(run_id: str, shard: int) -> str:
 
 
 def progress_prefix(run_id: str) -> str:
-    """Where the run's shards record how far they are (vqclip.progress)."""
+    """Where the run's shards record how far they are (vqclip.run.progress)."""
     return f"{run_prefix(run_id)}progress/"
 
 

@@ -4,7 +4,7 @@
 flip, rotation, shift) drawn with `grid_sample`, so a whole batch of items times cutouts is one
 kernel call instead of a Python loop. The reference's methods, by its names: `latest` and
 `updatedpooling` take every cutout as the whole image, pooled to CLIP's size with an even mix of
-adaptive average and max pooling, then augmented (vqclip.augment); `original`, `updated` and
+adaptive average and max pooling, then augmented (vqclip.engine.augment); `original`, `updated` and
 `nrupdated` take random square crops resampled to CLIP's size (a lanczos prefilter, then bicubic
 interpolation), with no augmentation, a fixed list, or the chosen list. Random draws come from each
 item's own generator, so an item's cutouts do not depend on which other items share its batch.
@@ -19,8 +19,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from vqclip.augment import augment_per_item, chosen_augmentations, pooling_update_augmentations, updated_augmentations
-from vqclip.clamp import clamp_with_grad
+from vqclip.engine.augment import augment_per_item, chosen_augmentations, pooling_update_augmentations, updated_augmentations
+from vqclip.engine.clamp import clamp_with_grad
 from vqclip.items import REFERENCE_AUGMENTS, AugmentCode, CutMethod
 
 MAX_ROTATION = math.radians(15)

@@ -10,8 +10,8 @@ import string
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vqclip import layout
-from vqclip.records import ItemRecord, Ranking
+from vqclip.run import layout
+from vqclip.run.records import ItemRecord, Ranking
 
 THUMB = 192
 LABEL = 18

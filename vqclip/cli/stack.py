@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from vqclip.cli_output import console, user_errors
-from vqclip.stack import DEFAULT_STATE_DIR, ENV_FILE
+from vqclip.cli.output import console, user_errors
+from vqclip.stack.control import DEFAULT_STATE_DIR, ENV_FILE
 
 _SECRETS = {"AWS_SECRET_ACCESS_KEY", "PREFECT_API_AUTH_STRING"}
 
@@ -18,7 +18,7 @@ def up(
     state_dir: Annotated[Path, typer.Option("--state-dir", help="Where pids, ports, logs, the database and the bucket's data live.")] = DEFAULT_STATE_DIR,
 ) -> None:
     """Start a Prefect server, SeaweedFS, the work pools, the deployments and workers on this machine."""
-    from vqclip.stack import start_stack
+    from vqclip.stack.control import start_stack
 
     with user_errors(), console.status("starting the stack", spinner="dots") as status:
         state = start_stack(state_dir, gpu_workers=gpu_workers, report=lambda step: status.update(step))
@@ -43,7 +43,7 @@ def down(
     state_dir: Annotated[Path, typer.Option("--state-dir", help="The folder `vqclip up` used.")] = DEFAULT_STATE_DIR,
 ) -> None:
     """Stop what `vqclip up` started (by pid, running flow runs included); data and logs stay in the state folder."""
-    from vqclip.stack import load_state, stop_stack
+    from vqclip.stack.control import load_state, stop_stack
 
     with user_errors():
         if load_state(state_dir) is None:
@@ -59,7 +59,7 @@ def status(
     """Show each piece of the local stack (pid, up or down, restarts) and whether its API, store and workers answer; exit 1 if any does not."""
     from rich.table import Table
 
-    from vqclip.stack import stack_health
+    from vqclip.stack.control import stack_health
 
     with user_errors():
         health = stack_health(state_dir)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from vqclip.cli_output import console, user_errors
+from vqclip.cli.output import console, user_errors
 from vqclip.errors import VqclipError
 from vqclip.storage import open_store
 
@@ -26,10 +26,10 @@ def search(
     storage: Annotated[Optional[str], typer.Option(help=_STORAGE_HELP)] = None,
 ) -> None:
     """The images most like a text or an image, from every run scored by the same CLIP model, grouped by model."""
-    from vqclip.images import decode_image
+    from vqclip.config import get_config
+    from vqclip.media.png import decode_image
     from vqclip.models.loader import load_scorer
-    from vqclip.search import search as run_search
-    from vqclip.settings import get_settings
+    from vqclip.search.query import search as run_search
 
     with user_errors():
         if runs and all_runs:
@@ -42,7 +42,7 @@ def search(
                 picture = decode_image(image.read_bytes())
             except (OSError, ValueError) as exc:
                 raise VqclipError(f"--image {image}: not an image file Pillow can read ({exc}); give a PNG, JPEG or WebP") from None
-        store = open_store(storage or get_settings().storage)
+        store = open_store(storage or get_config().storage)
         result = run_search(store, load_scorer, text=query, image=picture, runs=runs or None, top=top,
                             query_label=str(image) if image is not None else None)
     if as_json:
@@ -71,15 +71,15 @@ def embed(
     storage: Annotated[Optional[str], typer.Option(help=_STORAGE_HELP)] = None,
 ) -> None:
     """Embed the scored images of runs that have no embeddings yet (resumable) and add the runs to the search index."""
-    from vqclip import layout
-    from vqclip.embedding_index import add_run
+    from vqclip.config import get_config
     from vqclip.models.loader import load_scorer
-    from vqclip.settings import get_settings
+    from vqclip.run import layout
+    from vqclip.search.index import add_run
 
     with user_errors():
         if bool(runs) == all_runs:
             raise VqclipError("name the runs to embed (vqclip embed RUN ...) or give --all")
-        store = open_store(storage or get_settings().storage)
+        store = open_store(storage or get_config().storage)
         if all_runs:
             runs = sorted({key.split("/")[1] for key in store.list("runs/") if key.endswith("/index.json") and key.count("/") == 2})
             if not runs:
