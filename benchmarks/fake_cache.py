@@ -16,11 +16,11 @@ import torch
 import yaml
 
 from vqclip.config import Config
-from vqclip.items import models_for_preset
 from vqclip.models.clip import _random_clip
 from vqclip.models.download import HubFile, Wanted, Weights
 from vqclip.models.loader import RANDOM_WEIGHTS_SEED, required_files
-from vqclip.models.presets import get_vqgan_spec, split_clip_name
+from vqclip.models.presets import models_for_preset
+from vqclip.models.spec import split_clip_name
 from vqclip.models.vqgan import build_vqgan
 
 
@@ -28,7 +28,7 @@ def fill(cache: Path, preset: str = "default") -> list[Path]:
     """Write every file `preset` needs into `cache`; return their paths."""
     settings = Config(cache_dir=cache)
     spec = models_for_preset(preset)
-    vq = get_vqgan_spec(spec.vqgan)
+    vq = spec.vqgan_spec
     written = []
     for wanted in required_files(spec, settings):
         path = _place(wanted)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
+from vqclip.models.presets import models_for_preset
 
 SETTINGS = GenerationSettings(width=64, height=64, steps=40, cutouts=8, lr=0.2)
 

@@ -130,11 +130,12 @@ def test_generate_takes_the_tiny_presets_defaults_and_explicit_options_win(tmp_p
 def test_weight_locations_known_without_open_clip_match_open_clip():
     import open_clip
 
-    from vqclip.models.presets import PRESETS, RANDOM
+    from vqclip.models.presets import PRESETS
+    from vqclip.models.spec import RANDOM
     from vqclip.models.weights import PRESET_WEIGHT_LOCATIONS, open_clip_models
 
     assert open_clip_models() == set(open_clip.list_models())
-    named = {name for p in PRESETS.values() for name in [g.clip for g in p.guides] + [p.scorer] if not name.endswith(f"/{RANDOM}")}
+    named = {name for p in PRESETS.values() for name in [g.clip for g in p.models.guides] + [p.models.scorer] if not name.endswith(f"/{RANDOM}")}
     assert named <= set(PRESET_WEIGHT_LOCATIONS)
     for name, location in PRESET_WEIGHT_LOCATIONS.items():
         cfg = open_clip.get_pretrained_cfg(*name.split("/"))

@@ -21,8 +21,9 @@ from vqclip.engine.augment import augment_per_item, chosen_augmentations
 from vqclip.engine.cutouts import crop_sizes, make_cutouts, pooled, resample
 from vqclip.engine.generate import generate
 from vqclip.errors import ManifestError
-from vqclip.items import AugmentCode, CutMethod, GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import AugmentCode, CutMethod, GenerationSettings, WorkItem
 from vqclip.manifest import load_manifest
+from vqclip.models.presets import models_for_preset
 
 CUT = 16
 ALL_CODES: tuple[AugmentCode, ...] = get_args(AugmentCode)

@@ -115,8 +115,8 @@ def test_host_syncs_do_not_grow_with_the_step_count(tiny_models, monkeypatch):
 
 
 def test_a_weighted_ensemble_of_guides_and_noise_init(tiny_models):
-    from vqclip.items import ModelSpec
     from vqclip.models.loader import load_models
+    from vqclip.models.spec import ModelSpec
 
     spec = ModelSpec(vqgan="tiny_f8", guides=(("tiny-clip-a/random", 1.0), ("tiny-clip-b/random", 0.5)), scorer="tiny-clip-b/random")
     models = load_models(spec, device="cpu", include_scorer=False)

@@ -14,7 +14,7 @@ from tests.manifests import BAD, CAT, DOG, STORED, png
 from vqclip.cli.main import app
 from vqclip.config import Config, get_config
 from vqclip.errors import ManifestError, ObjectNotFound
-from vqclip.items import GenerationSettings, Video, models_for_preset
+from vqclip.items import GenerationSettings, Video
 from vqclip.manifest import (
     Defaults,
     PromptEntry,
@@ -24,6 +24,7 @@ from vqclip.manifest import (
     load_manifest_file,
     shards,
 )
+from vqclip.models.presets import models_for_preset
 from vqclip.prompts import WeightedPrompt
 from vqclip.storage import open_store
 

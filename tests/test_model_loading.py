@@ -18,15 +18,16 @@ import yaml
 
 from tests.weights_server import WeightServer
 from vqclip.errors import ModelError
-from vqclip.items import ModelSpec
-from vqclip.models import loader, presets
+from vqclip.models import catalog, loader
+from vqclip.models.catalog import RemoteFile, VqganSpec
 from vqclip.models.checkpoint import load_state_dict
 from vqclip.models.download import HubFile
 from vqclip.models.loader import load_models
-from vqclip.models.presets import RemoteFile, VqganSpec
+from vqclip.models.presets import models_for_preset
+from vqclip.models.spec import ModelSpec
 from vqclip.models.vqgan import build_vqgan
 
-TINY = presets.VQGANS["tiny_f8"].architecture
+TINY = catalog.VQGANS["tiny_f8"].architecture
 LIGHTNING_MODULE = "pytorch_lightning.callbacks.model_checkpoint"
 
 
@@ -89,7 +90,7 @@ def served(monkeypatch, settings):
                 hashlib.sha256(ckpt).hexdigest(),
             ),
         )
-        monkeypatch.setitem(presets.VQGANS, "served_f8", spec)
+        monkeypatch.setitem(catalog.VQGANS, "served_f8", spec)
         loader.unload_models()
         yield server, reference, spec, settings
         loader.unload_models()
@@ -151,7 +152,7 @@ def test_missing_weights_fail_fast_naming_the_cache_path_and_urls(served, monkey
     else:
         dead = f"http://127.0.0.1:{_closed_port()}/served.ckpt"
         monkeypatch.setitem(
-            presets.VQGANS, "served_f8", spec.__class__(**{**spec.__dict__, "checkpoint": RemoteFile("served_f8.ckpt", (dead,))})
+            catalog.VQGANS, "served_f8", spec.__class__(**{**spec.__dict__, "checkpoint": RemoteFile("served_f8.ckpt", (dead,))})
         )
         settings.vqgan_cache.mkdir(parents=True)
         (settings.vqgan_cache / "served_f8.yaml").write_bytes(b"model: {}")
@@ -242,7 +243,7 @@ def test_concurrent_loads_build_the_models_once(monkeypatch):
     original = loader.build_vqgan
     monkeypatch.setattr(loader, "build_vqgan", lambda *a, **k: built.append(1) or original(*a, **k))
     loader.unload_models()
-    spec, results = loader.models_for_preset("tiny"), []
+    spec, results = models_for_preset("tiny"), []
     preload = loader.preload_models([spec])
     threads = [threading.Thread(target=lambda: results.append(load_models(spec, device="cpu"))) for _ in range(2)]
     for thread in threads:
@@ -261,7 +262,7 @@ def test_a_clip_weight_file_loads_exactly_its_weights_and_random_models_stay_ran
     from vqclip.models.clip import _random_clip, build_clip
 
     random_before = _random_clip("tiny-clip-a").state_dict()
-    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "vqclip-test-clip", presets.TINY_CLIPS["tiny-clip-b"])
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "vqclip-test-clip", catalog.TINY_CLIPS["tiny-clip-b"])
     with torch.random.fork_rng():
         torch.manual_seed(11)
         trained = open_clip.create_model("vqclip-test-clip").state_dict()
@@ -275,6 +276,50 @@ def test_a_clip_weight_file_loads_exactly_its_weights_and_random_models_stay_ran
     random_after = _random_clip("tiny-clip-a").state_dict()
     for key, value in random_before.items():
         assert torch.equal(random_after[key], value), key
+
+
+def test_a_clip_loading_on_one_thread_changes_no_model_built_on_another(tmp_path, monkeypatch):
+    """A trained CLIP is built with its parameters on the meta device while, say, the preload thread runs:
+    a random-weight model built meanwhile on another thread keeps its deterministic weights, and the loaded
+    model embeds exactly as the saved one (its attention mask is a buffer that no weight file holds)."""
+    import threading
+
+    import open_clip.factory
+
+    from vqclip.models.clip import _random_clip, build_clip
+
+    random_before = _random_clip("tiny-clip-a").state_dict()
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "vqclip-test-clip", catalog.TINY_CLIPS["tiny-clip-b"])
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        trained = open_clip.create_model("vqclip-test-clip").eval().requires_grad_(False)
+    path = tmp_path / "weights.bin"
+    torch.save(trained.state_dict(), path)
+    building, go_on = threading.Event(), threading.Event()
+    create = open_clip.create_model
+
+    def create_then_wait(*args, **kwargs):
+        model = create(*args, **kwargs)
+        building.set()
+        go_on.wait(60)
+        return model
+
+    monkeypatch.setattr(open_clip, "create_model", create_then_wait)
+    loaded = []
+    loading = threading.Thread(target=lambda: loaded.append(build_clip(f"vqclip-test-clip/{path}", path, torch.device("cpu"))))
+    loading.start()
+    try:
+        assert building.wait(60), "the load never built its model"
+        random_meanwhile = _random_clip("tiny-clip-a").state_dict()
+    finally:
+        go_on.set()
+        loading.join(60)
+    for key, value in random_before.items():
+        assert torch.equal(random_meanwhile[key], value), key
+    tokens, images = open_clip.tokenize(["a red fox", "a castle"]), torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded[0].model.encode_text(tokens), trained.encode_text(tokens))
+        assert torch.equal(loaded[0].model.encode_image(images), trained.encode_image(images))
 
 
 def test_checkpoints_in_the_legacy_pre_zip_format_still_load(tmp_path):

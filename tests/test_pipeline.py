@@ -145,7 +145,8 @@ def test_the_sidecar_carries_the_parsed_prompt_as_the_png_does(tmp_path):
     from PIL import Image
 
     from vqclip.engine.generate import GenerationResult
-    from vqclip.items import GenerationSettings, NoisePrompt, WorkItem, models_for_preset
+    from vqclip.items import GenerationSettings, NoisePrompt, WorkItem
+    from vqclip.models.presets import models_for_preset
 
     item = WorkItem(
         prompt_id="fox",
@@ -175,7 +176,8 @@ def test_frames_and_video_are_committed_before_the_sidecar_and_listed_in_it(tmp_
     import av
 
     from vqclip.config import Config
-    from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+    from vqclip.items import GenerationSettings, WorkItem
+    from vqclip.models.presets import models_for_preset
 
     settings = GenerationSettings(width=64, height=64, steps=6, cutouts=4, save_every=2, video={"fps": 4})
     item = WorkItem(prompt_id="fox", prompt="a red fox", seed=1, settings=settings, models=models_for_preset("tiny"))

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from vqclip.cli.progress import ProgressLines
 from vqclip.errors import TransientStorageError
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
+from vqclip.models.presets import models_for_preset
 from vqclip.run import layout
 from vqclip.run.progress import Progress, ProgressRecorder, RunProgress, ShardTracker
 from vqclip.storage.local import LocalStore

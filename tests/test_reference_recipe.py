@@ -13,10 +13,11 @@ from PIL import Image
 from vqclip.engine import generate as generate_module
 from vqclip.engine.generate import generate, gradient_image, init_weight_loss
 from vqclip.errors import ModelError
-from vqclip.items import GenerationSettings, ImagePrompt, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, ImagePrompt, WorkItem
 from vqclip.manifest import load_manifest
+from vqclip.models.catalog import VQGANS
 from vqclip.models.loader import Models, load_models
-from vqclip.models.presets import PRESETS, VQGANS
+from vqclip.models.presets import PRESETS, models_for_preset
 from vqclip.models.vqgan import build_vqgan
 
 SETTINGS = GenerationSettings(width=32, height=32, steps=5, cutouts=4, lr=0.2)
@@ -139,8 +140,8 @@ def test_the_reference_recipe_is_the_reference_scripts_defaults():
         **recipe.model_dump(), "steps": 20, "cut_method": "vqclip"
     }, "explicit settings win over the recipe's"
     preset = PRESETS["reference"]
-    assert preset.guides[0].clip == "ViT-B-32/openai"  # -m/--clip_model: default='ViT-B/32' (OpenAI's CLIP)
-    assert preset.vqgan == "imagenet_f16_16384"  # -ckpt: default checkpoints/vqgan_imagenet_f16_16384.ckpt
+    assert preset.models.guides[0].clip == "ViT-B-32/openai"  # -m/--clip_model: default='ViT-B/32' (OpenAI's CLIP)
+    assert preset.models.vqgan == "imagenet_f16_16384"  # -ckpt: default checkpoints/vqgan_imagenet_f16_16384.ckpt
     assert GenerationSettings().recipe == "vqclip" and GenerationSettings().steps == 300, "our defaults stay ours"
 
 

@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 from vqclip.cli.main import app
 from vqclip.engine.generate import GenerationResult
 from vqclip.engine.score import embed_images
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
 from vqclip.media.png import decode_image
 from vqclip.models.loader import load_scorer
+from vqclip.models.presets import models_for_preset
 from vqclip.run import layout
 from vqclip.run.embeddings import load_embeddings
 from vqclip.run.scoring import score_run

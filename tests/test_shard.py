@@ -15,7 +15,8 @@ from vqclip import retry
 from vqclip.config import Config
 from vqclip.engine.generate import GenerationResult
 from vqclip.errors import Interrupted, PermanentStorageError, TransientStorageError
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
+from vqclip.models.presets import models_for_preset
 from vqclip.run import layout, shard
 from vqclip.run.state import RunStore
 from vqclip.storage.local import LocalStore

@@ -18,9 +18,10 @@ from tests.processes import kill_once_stored
 from vqclip import shutdown
 from vqclip.config import Config
 from vqclip.errors import Interrupted, ManifestError
-from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+from vqclip.items import GenerationSettings, WorkItem
 from vqclip.manifest import load_manifest
 from vqclip.media.png import decode_image
+from vqclip.models.presets import models_for_preset
 from vqclip.run import layout, shard
 from vqclip.run.state import RunStore
 from vqclip.run.zoom import frame_seed, zoom_image

@@ -6,10 +6,10 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from vqclip import __version__
-from vqclip.models.presets import get_preset, get_vqgan_spec, split_clip_name
+from vqclip.models.spec import ModelSpec
 from vqclip.prompts import WeightedPrompt, final_prompt, format_schedule, parse_schedule
 from vqclip.recipes import Recipe, apply_recipe
 
@@ -113,61 +113,6 @@ _ADDED_SETTINGS = {
     "recipe": "vqclip",
 }
 """Config added after item ids were first handed out, with the values that leave those ids unchanged."""
-
-
-class ModelSpec(BaseModel):
-    """The models behind an image: VQGAN, weighted guiding CLIP ensemble, scoring CLIP."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    vqgan: str
-    guides: tuple[tuple[str, float], ...]
-    scorer: str
-    random_weights: bool = False
-
-    @field_validator("vqgan")
-    @classmethod
-    def _known_vqgan(cls, value: str) -> str:
-        get_vqgan_spec(value)
-        return value
-
-    @field_validator("guides")
-    @classmethod
-    def _guides(cls, value: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
-        if not value:
-            raise ValueError("at least one guiding CLIP model is needed")
-        for name, weight in value:
-            split_clip_name(name)
-            if weight <= 0:
-                raise ValueError(f"guide {name!r} has weight {weight}; guide weights must be positive")
-        return value
-
-    @field_validator("scorer")
-    @classmethod
-    def _scorer(cls, value: str) -> str:
-        split_clip_name(value)
-        return value
-
-    @property
-    def factor(self) -> int:
-        """Pixels per latent cell (sizes must be multiples of it)."""
-        return get_vqgan_spec(self.vqgan).factor
-
-    @property
-    def synthetic(self) -> bool:
-        """Whether images from these models come from untrained weights."""
-        return self.random_weights or get_vqgan_spec(self.vqgan).synthetic
-
-
-def models_for_preset(name: str) -> ModelSpec:
-    """The ModelSpec of a named preset."""
-    preset = get_preset(name)
-    return ModelSpec(
-        vqgan=preset.vqgan,
-        guides=tuple((g.clip, g.weight) for g in preset.guides),
-        scorer=preset.scorer,
-        random_weights=preset.random_weights,
-    )
 
 
 class ImagePrompt(BaseModel):

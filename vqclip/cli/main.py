@@ -85,9 +85,9 @@ def generate(
     import tempfile
 
     from vqclip.config import get_config
-    from vqclip.items import GenerationSettings, WorkItem, models_for_preset
+    from vqclip.items import GenerationSettings, WorkItem
     from vqclip.models.loader import load_models
-    from vqclip.models.presets import get_preset
+    from vqclip.models.presets import get_preset, models_for_preset
     from vqclip.prompts import parse_schedule
     from vqclip.run.shard import run_shard
     from vqclip.run.state import RunStore
@@ -134,8 +134,8 @@ def generate(
 def list_models() -> None:
     """List presets and VQGANs, and which of their weight files are cached."""
     from vqclip.config import get_config
-    from vqclip.items import models_for_preset
-    from vqclip.models.presets import PRESETS, VQGANS
+    from vqclip.models.catalog import VQGANS
+    from vqclip.models.presets import PRESETS
     from vqclip.models.weights import cached_files
 
     config = get_config()
@@ -144,10 +144,11 @@ def list_models() -> None:
         for column in ("preset", "models", "weights cached"):
             table.add_column(column)
         for preset in PRESETS.values():
-            files = cached_files(models_for_preset(preset.name), config)
+            files = cached_files(preset.models, config)
             cached = f"{sum(ok for _, ok in files)}/{len(files)}" if files else "none needed"
-            guides = ", ".join(g.clip for g in preset.guides)
-            table.add_row(preset.name, f"{preset.description}\nvqgan {preset.vqgan}; guide {guides}; scorer {preset.scorer}", cached)
+            models = preset.models
+            guides = ", ".join(g.clip for g in models.guides)
+            table.add_row(preset.name, f"{preset.description}\nvqgan {models.vqgan}; guide {guides}; scorer {models.scorer}", cached)
         console.print(table)
         vq = Table(title="VQGANs")
         for column in ("name", "factor", "size", "cached", "description"):

@@ -40,11 +40,11 @@ images) must stay within ``Config.max_megapixel_steps``.
 
 from vqclip.manifest.plan import Manifest, ManifestPrompt, derive_seed, describe_plan, shards
 from vqclip.manifest.readers import check_size
-from vqclip.manifest.schema import Defaults, GuideEntry, ImageEntry, PromptEntry
+from vqclip.manifest.schema import Defaults, ImageEntry, PromptEntry
 from vqclip.manifest.sources import SourceReader, read_manifest_source, store_reader
 from vqclip.manifest.validate import load_manifest, load_manifest_file
 
 __all__ = [
-    "Defaults", "GuideEntry", "ImageEntry", "Manifest", "ManifestPrompt", "PromptEntry", "SourceReader", "check_size",
+    "Defaults", "ImageEntry", "Manifest", "ManifestPrompt", "PromptEntry", "SourceReader", "check_size",
     "derive_seed", "describe_plan", "load_manifest", "load_manifest_file", "read_manifest_source", "shards", "store_reader",
 ]

@@ -11,9 +11,10 @@ from typing import TypedDict
 from PIL import Image, UnidentifiedImageError
 
 from vqclip.errors import ManifestError, ObjectNotFound
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, WorkItem
+from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
 from vqclip.manifest.problems import FieldPath, format_path, join_errors
 from vqclip.manifest.sources import STORE_PREFIX, SourceReader
+from vqclip.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ValidationError
 
 from vqclip.errors import ManifestError
 from vqclip.items import NoisePrompt, Video, Zoom
-from vqclip.manifest.schema import GuideEntry, ImageEntry
+from vqclip.manifest.schema import ImageEntry
+from vqclip.models.spec import Guide
 
 MAX_REPORTED_ERRORS = 50
 """Errors listed in one ManifestError; a manifest that is wrong on every line needs no more to be fixed."""
@@ -72,11 +73,12 @@ def _pydantic_message(error: dict, root: type[BaseModel]) -> str:
     if kind == "missing":
         return "missing; this field is required"
     if kind == "extra_forbidden":
-        nested = {"guides": GuideEntry, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
+        nested = {"guides": Guide, "image_prompts": ImageEntry, "noise_prompts": NoisePrompt}
         model = nested[loc[-3]] if len(loc) >= 3 and loc[-3] in nested else root
         if len(loc) >= 2 and loc[-2] in ("video", "zoom"):
             model = Video if loc[-2] == "video" else Zoom
-        return f"unknown field; allowed fields: {', '.join(sorted(model.model_fields))}"
+        fields = model._fields if model is Guide else model.model_fields
+        return f"unknown field; allowed fields: {', '.join(sorted(fields))}"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     if kind != "value_error" and isinstance(value, (str, int, float, bool)):

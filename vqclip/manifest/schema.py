@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from vqclip.errors import ModelError, PromptError
 from vqclip.items import GenerationSettings, NoisePrompt, Weight
+from vqclip.models.catalog import get_vqgan_spec
 from vqclip.models.names import check_clip_name
-from vqclip.models.presets import get_preset, get_vqgan_spec
+from vqclip.models.presets import get_preset
+from vqclip.models.spec import GuideInput
 from vqclip.prompts import parse_schedule
 
 _SLUG = re.compile(r"[a-z0-9_-]{1,64}")
@@ -30,21 +32,8 @@ def _as_value_error(check: Callable[[str], object], value: str) -> str:
     return value
 
 
-class GuideEntry(_Strict):
-    """One guiding CLIP model and its weight; a bare "MODEL/PRETRAINED" string means weight 1."""
-
-    clip: str
-    weight: float = Field(1.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"clip": data} if isinstance(data, str) else data
-
-    @field_validator("clip")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        return _as_value_error(check_clip_name, value)
+KnownClipName = Annotated[str, AfterValidator(lambda name: _as_value_error(check_clip_name, name))]
+"""A CLIP name a manifest may use: a known open_clip model with a known pretrained tag, or random weights."""
 
 
 class ImageEntry(_Strict):
@@ -83,7 +72,7 @@ class _Shared(_Strict):
     seed: int | None = Field(None, ge=0, lt=2**63, description="Base of the derived seeds.")
     preset: str | None = None
     vqgan: str | None = None
-    guides: Annotated[list[GuideEntry], Field(min_length=1)] | None = None
+    guides: Annotated[list[GuideInput[KnownClipName]], Field(min_length=1)] | None = None
     scorer: str | None = None
     noise_prompts: list[NoisePrompt] | None = Field(
         None, description='Random embeddings that guide like prompts, as "seed:weight" (weight 1 if left out).'

@@ -11,13 +11,14 @@ from pydantic import BaseModel
 
 from vqclip.config import Config, get_config
 from vqclip.errors import ManifestError, ModelError, StorageError
-from vqclip.items import GenerationSettings, ModelSpec, models_for_preset
+from vqclip.items import GenerationSettings
 from vqclip.manifest.plan import Manifest, ManifestPrompt, derive_seed, image_problem
 from vqclip.manifest.problems import FieldPath, Problem, parse_model, raise_problems
 from vqclip.manifest.readers import Document, check_size, read_document
 from vqclip.manifest.schema import Defaults, Header, PromptEntry
 from vqclip.manifest.sources import STORE_PREFIX
-from vqclip.models.presets import get_preset
+from vqclip.models.presets import get_preset, models_for_preset
+from vqclip.models.spec import ModelSpec
 from vqclip.prompts import parse_schedule
 from vqclip.storage.base import validate_key
 
@@ -235,8 +236,6 @@ class _Validator:
             if level.preset is not None:
                 spec = models_for_preset(level.preset)
             explicit = {key: getattr(level, key) for key in _MODEL_KEYS if getattr(level, key) is not None}
-            if "guides" in explicit:
-                explicit["guides"] = tuple((guide.clip, guide.weight) for guide in explicit["guides"])
             if explicit:
                 spec = ModelSpec(**{**spec.model_dump(), **explicit})
         return spec

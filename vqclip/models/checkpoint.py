@@ -1,16 +1,20 @@
 """Safe and quick checkpoint loading: `torch.load(weights_only=True)` with a minimal allow-list,
-memory-mapped files, and model construction that skips random initialisation."""
+memory-mapped files, and models built with their parameters on the meta device, then assigned."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 import torch.utils.serialization
+from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
+from torch.nn.parameter import UninitializedParameter
 
 from vqclip.errors import ModelError
 
@@ -26,43 +30,50 @@ class LightningClassReference:
 
 ALLOWED_CLASS_REFERENCES = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
 
-# The `torch.nn.init` functions that layers' constructors call to fill fresh weights.
-_INIT_FUNCTIONS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
-)  # fmt: skip
+_META_PARAMETERS: contextvars.ContextVar[bool] = contextvars.ContextVar("vqclip_meta_parameters", default=False)
+
+
+def _parameter_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
+    if param is None or not _META_PARAMETERS.get() or param.is_meta or isinstance(param, UninitializedParameter):
+        return None
+    return nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
+# Registered once for the process (adding and removing global hooks races with other threads' modules); it
+# acts only inside `meta_parameters`, and a context variable is private to its thread.
+register_module_parameter_registration_hook(_parameter_on_meta)
 
 
 @contextlib.contextmanager
-def skip_weight_init() -> Iterator[None]:
-    """Build modules without filling their weights with random values (a checkpoint overwrites them).
+def meta_parameters() -> Iterator[None]:
+    """Build modules whose parameters live on the meta device: no memory, no random initialisation.
 
-    Random initialisation of the default preset's CLIP models costs seconds on a CPU for values that
-    are thrown away. Inside this context the `torch.nn.init` fill functions do nothing, so new
-    weights hold whatever memory they were given: load a strict state dict into them before use.
-    Process-wide; the model loader builds one model at a time.
+    Random initialisation of the default preset's CLIP models costs seconds on a CPU for values that a
+    checkpoint overwrites. Buffers are still made for real: some (attention masks, rotary tables) are in
+    no checkpoint. Fill the parameters with `load_assigned`. Only modules built by this thread change.
     """
-    # MultiheadAttention calls the copies that torch.nn.modules.activation imported by name.
-    places = (torch.nn.init, torch.nn.modules.activation)
-    saved = [(place, name, getattr(place, name)) for place in places for name in _INIT_FUNCTIONS if hasattr(place, name)]
-    for place, name, _ in saved:
-        setattr(place, name, _leave_as_is)
+    token = _META_PARAMETERS.set(True)
     try:
         yield
     finally:
-        for place, name, function in saved:
-            setattr(place, name, function)
+        _META_PARAMETERS.reset(token)
 
 
-def _leave_as_is(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-    return tensor
+def load_assigned(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> object:
+    """Load `state` into `model` by taking its tensors as they are (`assign=True`), in the model's dtypes.
+
+    The way to fill a model built with `meta_parameters`; returns what `load_state_dict` returns.
+    """
+    dtypes = {key: value.dtype for key, value in model.state_dict().items()}
+    state = {key: value.to(dtypes[key]) if key in dtypes else value for key, value in state.items()}
+    return nn.Module.load_state_dict(model, state, strict=strict, assign=True)
 
 
 @contextlib.contextmanager
 def mapped_loads(path: Path) -> Iterator[None]:
     """Let `torch.load` map `path` into memory instead of reading it (for loads inside open_clip).
 
-    Tensors are then copied once, from the page cache into the model, instead of twice.
+    Tensors then come from the page cache (a model that assigns them keeps them there) instead of a copy.
     """
     config = torch.utils.serialization.config.load
     saved, config.mmap = config.mmap, mappable(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from open_clip.model import CLIP
 from torch import nn
 
 from vqclip.errors import ModelError
-from vqclip.models.checkpoint import mapped_loads, skip_weight_init
-from vqclip.models.presets import TINY_CLIPS, split_clip_name
+from vqclip.models.catalog import TINY_CLIPS
+from vqclip.models.checkpoint import load_assigned, mapped_loads, meta_parameters
+from vqclip.models.spec import split_clip_name
 from vqclip.models.weights import pretrained_cfg
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -48,17 +50,36 @@ class ClipModel:
         return self.model.encode_image(self.normalize(images))
 
 
+def _untrained_clip(model: str, quick_gelu: bool = False) -> nn.Module:
+    """open_clip's `model` without weights loaded (random, or on the meta device inside `meta_parameters`)."""
+    # open_clip warns on the root logger that no weights were loaded: here that is the point.
+    logging.disable(logging.WARNING)
+    try:
+        # No device: open_clip moves the model to it, and meta parameters cannot move.
+        return open_clip.create_model(model, pretrained=None, device=None, force_quick_gelu=quick_gelu)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def _random_clip(model: str) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        if model in TINY_CLIPS:
-            return CLIP(**TINY_CLIPS[model])
-        # open_clip warns on the root logger that no weights were loaded: here that is the point.
-        logging.disable(logging.WARNING)
-        try:
-            return open_clip.create_model(model, pretrained=None)
-        finally:
-            logging.disable(logging.NOTSET)
+        return CLIP(**TINY_CLIPS[model]) if model in TINY_CLIPS else _untrained_clip(model)
+
+
+def _load_clip(model: str, weights: Path, quick_gelu: bool) -> nn.Module:
+    """open_clip's `model` built on the meta device and given the tensors of `weights`, read through a memory map."""
+    with meta_parameters():
+        clip = _untrained_clip(model, quick_gelu)
+    # open_clip's load_checkpoint converts older state dicts and resizes position embeddings, then calls the
+    # model's load_state_dict: this model's own copy of that method assigns the tensors instead of copying.
+    clip.load_state_dict = functools.partial(load_assigned, clip)
+    try:
+        with mapped_loads(weights):
+            open_clip.load_checkpoint(clip, str(weights))
+    finally:
+        del clip.load_state_dict
+    return clip
 
 
 def build_clip(name: str, weights: Path | None, device: torch.device) -> ClipModel:
@@ -71,10 +92,7 @@ def build_clip(name: str, weights: Path | None, device: torch.device) -> ClipMod
         cfg = {} if os.path.isfile(tag) else pretrained_cfg(model_name, tag)
         mean, std = cfg.get("mean", mean), cfg.get("std", std)
         try:
-            with skip_weight_init(), mapped_loads(weights):
-                model = open_clip.create_model(
-                    model_name, pretrained=str(weights), force_quick_gelu=bool(cfg.get("quick_gelu", False))
-                )
+            model = _load_clip(model_name, weights, bool(cfg.get("quick_gelu", False)))
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ModelError(f"could not load CLIP {name} from {weights}: {exc}") from None
     model = model.to(device).eval().requires_grad_(False)

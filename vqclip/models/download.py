@@ -29,7 +29,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from vqclip.config import Config
 from vqclip.errors import ModelError
-from vqclip.models.presets import RemoteFile
+from vqclip.models.catalog import RemoteFile
 
 log = logging.getLogger(__name__)
 

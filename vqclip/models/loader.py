@@ -11,10 +11,10 @@ import torch
 
 from vqclip.config import Config, get_config
 from vqclip.errors import ModelError
-from vqclip.items import ModelSpec, models_for_preset
 from vqclip.models.clip import ClipModel, build_clip
 from vqclip.models.download import HubFile, Wanted, ensure_files
-from vqclip.models.presets import get_vqgan_spec
+from vqclip.models.presets import models_for_preset
+from vqclip.models.spec import ModelSpec
 from vqclip.models.vqgan import VQGAN, build_vqgan, load_vqgan
 from vqclip.models.weights import clip_name, clip_weight_file, required_files
 
@@ -35,11 +35,6 @@ class Models:
     scorer: ClipModel | None
     device: torch.device
 
-    @property
-    def synthetic(self) -> bool:
-        """True when images come from untrained weights: say so wherever they appear."""
-        return self.spec.synthetic
-
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else the CPU."""
@@ -49,10 +44,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _vqgan(spec: ModelSpec, config: Config, device: torch.device) -> VQGAN:
-    vq = get_vqgan_spec(spec.vqgan)
-    key = (f"vqgan:{vq.name}:{'random' if spec.random_weights or vq.synthetic else 'trained'}", str(device))
+    vq = spec.vqgan_spec
+    key = (f"vqgan:{vq.name}:{'random' if spec.synthetic else 'trained'}", str(device))
     if key not in _LOADED:
-        if spec.random_weights or vq.checkpoint is None:
+        if spec.synthetic:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_WEIGHTS_SEED)
                 model = build_vqgan(vq.architecture, vq.target)

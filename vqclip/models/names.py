@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from vqclip.errors import ModelError
-from vqclip.models.presets import RANDOM, TINY_CLIPS, split_clip_name
+from vqclip.models.catalog import TINY_CLIPS
+from vqclip.models.spec import RANDOM, split_clip_name
 from vqclip.models.weights import PRESET_WEIGHT_LOCATIONS, open_clip_models
 
 

@@ -16,10 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vqclip.errors import ModelError
-from vqclip.models.checkpoint import load_state_dict, skip_weight_init
-
-GUMBEL_TARGET = "taming.models.vqgan.GumbelVQ"
-NET2NET_TARGET = "taming.models.cond_transformer.Net2NetTransformer"
+from vqclip.models.catalog import GUMBEL_TARGET, NET2NET_TARGET
+from vqclip.models.checkpoint import load_assigned, load_state_dict, meta_parameters
 
 
 class VQGAN(nn.Module):
@@ -126,7 +124,7 @@ def build_vqgan(params: dict, target: str) -> VQGAN:
 def load_vqgan(config_path: Path, checkpoint_path: Path) -> VQGAN:
     """Build a VQGAN from a taming config and load its checkpoint (losses' weights are skipped)."""
     params, prefix = read_config(config_path)
-    with skip_weight_init():
+    with meta_parameters():
         model = build_vqgan(params, params["target"])
     state = load_state_dict(checkpoint_path, prefix=prefix)
     missing = [key for key in model.state_dict() if key not in state]
@@ -136,7 +134,7 @@ def load_vqgan(config_path: Path, checkpoint_path: Path) -> VQGAN:
             f"(first: {', '.join(missing[:3])}); fetch the matching pair again"
         )
     try:
-        model.load_state_dict({key: state[key] for key in model.state_dict()})
+        load_assigned(model, {key: state[key] for key in model.state_dict()})
     except RuntimeError as exc:
         raise ModelError(f"{checkpoint_path} does not match {config_path}: {exc}") from None
     return model

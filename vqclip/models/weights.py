@@ -16,9 +16,10 @@ from pathlib import Path
 
 from vqclip.config import Config
 from vqclip.errors import ModelError
-from vqclip.items import ModelSpec, models_for_preset
+from vqclip.models.catalog import TINY_CLIPS, VQGANS, RemoteFile
 from vqclip.models.download import HubFile, Wanted, Weights, is_cached
-from vqclip.models.presets import PRESETS, RANDOM, TINY_CLIPS, VQGANS, RemoteFile, get_vqgan_spec, split_clip_name
+from vqclip.models.presets import PRESETS, models_for_preset
+from vqclip.models.spec import RANDOM, ModelSpec, split_clip_name
 
 HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 """open_clip's file name of a Hugging Face Hub checkpoint whose `hf_hub` names only a repository."""
@@ -88,8 +89,8 @@ def clip_name(name: str, random_weights: bool) -> str:
 def required_files(spec: ModelSpec, config: Config, include_scorer: bool = True) -> list[Weights]:
     """The weight files `spec` needs that have to come from the cache (downloaded if missing)."""
     wanted: list[Weights] = []
-    vq = get_vqgan_spec(spec.vqgan)
-    if not spec.random_weights and vq.checkpoint is not None:
+    vq = spec.vqgan_spec
+    if not spec.synthetic:
         wanted += [Wanted(vq.config, config.vqgan_cache, vq.name), Wanted(vq.checkpoint, config.vqgan_cache, vq.name)]
     names = [name for name, _ in spec.guides] + ([spec.scorer] if include_scorer else [])
     for name in names:

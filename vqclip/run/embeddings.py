@@ -21,7 +21,7 @@ from vqclip.engine.score import embed_images
 from vqclip.errors import ObjectNotFound, VqclipError
 from vqclip.media.png import decode_image
 from vqclip.models.clip import ClipModel
-from vqclip.models.presets import split_clip_name
+from vqclip.models.spec import split_clip_name
 from vqclip.run import layout
 from vqclip.run.records import ItemRecord
 from vqclip.storage import ObjectStore

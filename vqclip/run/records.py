@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from vqclip import __version__
-from vqclip.items import GenerationSettings, ImagePrompt, ModelSpec, NoisePrompt, WorkItem
+from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
+from vqclip.models.spec import ModelSpec
 
 SYNTHETIC_LABEL = "synthetic: untrained random weights (test/smoke preset), not a real generation"
 

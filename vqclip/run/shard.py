@@ -23,8 +23,9 @@ from vqclip.config import Config
 from vqclip.engine import generate as engine
 from vqclip.engine.batching import batch_size, batches
 from vqclip.engine.generate import GenerationResult, ProgressCallback
-from vqclip.items import ModelSpec, WorkItem
+from vqclip.items import WorkItem
 from vqclip.models.loader import Models
+from vqclip.models.spec import ModelSpec
 from vqclip.retry import retry_transient
 from vqclip.run import zoom
 from vqclip.run.progress import Listener, ShardTracker

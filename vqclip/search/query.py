@@ -17,7 +17,7 @@ from PIL import Image
 from vqclip.engine.score import embed_images, embed_texts
 from vqclip.errors import VqclipError
 from vqclip.models.clip import ClipModel
-from vqclip.models.presets import split_clip_name
+from vqclip.models.spec import split_clip_name
 from vqclip.search.index import EmbeddingIndex, add_run
 from vqclip.storage import ObjectStore
 
