@@ -25,8 +25,9 @@ demo: install
 	  echo "  make demo PRESET=tiny"; exit 1; }
 
 # Test modules run in parallel, one module per worker process (each worker starts its own Prefect
-# API and SeaweedFS), as many workers as cores, at most 4.
-PARALLEL := -n auto --maxprocesses 4 --dist loadfile
+# API and SeaweedFS), as many workers as cores, at most 4; the longest modules go out first
+# (tests/ordering.py), in collection order rather than xdist's order by test count.
+PARALLEL := -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: install
 	$(PY) -m pytest $(PARALLEL) || [ $$? -eq 5 ]  # 5: no tests collected

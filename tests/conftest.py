@@ -20,11 +20,16 @@ os.environ.update(
         "VQCLIP_CACHE_DIR": str(_SESSION_DIR / "cache"),
     }
 )
+# Under pytest-xdist each worker (and each process it starts) gets its share of the cores: torch's
+# default of a thread per core in every worker oversubscribes them, and its threads then wait on each
+# other (on 2 busy cores a 4-item batch took 100 s with 2 threads, 7-15 s with 1).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from tests.manifests import CAT, DOG  # noqa: E402
 from tests.runs import MANIFEST  # noqa: E402
 
-pytest_plugins = ["tests.s3fixtures", "tests.stack_fixtures"]
+pytest_plugins = ["tests.s3fixtures", "tests.stack_fixtures", "tests.ordering"]
 
 
 @pytest.fixture(scope="session")

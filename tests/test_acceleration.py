@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine import SETTINGS, item, pixels
+from tests.engine import FEW_STEPS, SETTINGS, item, pixels
 from vqclip.config import Config
 from vqclip.engine.acceleration import Accelerated
 from vqclip.engine.generate import generate
@@ -55,7 +55,7 @@ def test_checkpointing_applies_from_the_configured_side(tiny_models):
 
 @pytest.mark.slow
 def test_channels_last_and_checkpointing_give_the_same_image(tiny_models):
-    batch = [item("a red fox", 7), item("snow", 8)]
+    batch = [item("a red fox", 7, FEW_STEPS), item("snow", 8, FEW_STEPS)]
     plain = generate(batch, tiny_models, Config(channels_last=False))
     switched = generate(batch, tiny_models, Config(channels_last=True, checkpoint_side=64))
     generate(batch[:1], tiny_models, Config(channels_last=False))  # leave the shared model as the other tests expect

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine import SETTINGS, item, pixels
+from tests.engine import FEW_STEPS, SETTINGS, item, pixels
 from vqclip.engine import generate as generate_module
 from vqclip.engine.generate import OPTIMISERS, generate, noise_embedding, prompt_loss
 from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
@@ -36,7 +36,8 @@ def test_similarity_to_the_prompt_rises_and_to_a_negative_prompt_falls(tiny_mode
 
 @pytest.mark.slow
 def test_an_item_gives_the_same_image_alone_and_in_a_batch(tiny_models):
-    batch = [item("a red fox", 7), item("a blue sea:1 | fog:-0.5", 8), item("a castle", 9), item("snow", 10)]
+    prompts = [("a red fox", 7), ("a blue sea:1 | fog:-0.5", 8), ("a castle", 9), ("snow", 10)]
+    batch = [item(prompt, seed, FEW_STEPS) for prompt, seed in prompts]
     together = generate(batch, tiny_models)
     alone = generate([batch[1]], tiny_models)
     # Exactly, as the README promises for the CPU in fp32: not one pixel value, loss or similarity apart.
@@ -46,8 +47,8 @@ def test_an_item_gives_the_same_image_alone_and_in_a_batch(tiny_models):
 
 @pytest.mark.slow
 def test_two_seeds_give_different_images_and_one_seed_repeats(tiny_models):
-    a, b = generate([item("a red fox", 1), item("a red fox", 2)], tiny_models)
-    (again,) = generate([item("a red fox", 1)], tiny_models)
+    a, b = generate([item("a red fox", 1, FEW_STEPS), item("a red fox", 2, FEW_STEPS)], tiny_models)
+    (again,) = generate([item("a red fox", 1, FEW_STEPS)], tiny_models)
     assert np.abs(pixels(a) - pixels(b)).mean() > 5
     assert np.array_equal(pixels(a), pixels(again))
 
@@ -62,7 +63,7 @@ def test_a_non_finite_item_fails_alone(tiny_models, monkeypatch):
         return latents
 
     monkeypatch.setattr(generate_module, "_initial_latents", poisoned)
-    batch = [item("a red fox", 1), item("a castle", 2), item("snow", 3)]
+    batch = [item("a red fox", 1, FEW_STEPS), item("a castle", 2, FEW_STEPS), item("snow", 3, FEW_STEPS)]
     results = generate(batch, tiny_models)
     monkeypatch.undo()
     clean = generate([batch[0], batch[2]], tiny_models)
@@ -132,7 +133,7 @@ def test_bf16_autocast_runs_and_repeats_for_the_same_batch(tiny_models):
     from vqclip.config import Config
 
     runtime = Config(bf16=True)
-    batch = [item("a red fox", 1), item("snow", 2)]
+    batch = [item("a red fox", 1, FEW_STEPS), item("snow", 2, FEW_STEPS)]
     first, second = generate(batch, tiny_models, runtime), generate(batch, tiny_models, runtime)
     assert all(r.ok for r in first)
     assert np.abs(pixels(first[0]) - pixels(second[0])).max() <= 2
@@ -196,9 +197,9 @@ def test_prompt_loss_has_the_value_of_the_distance_and_the_gradient_of_its_maxim
 def test_a_part_whose_stop_is_above_every_distance_changes_no_pixel(tiny_models):
     """Distances lie in [0, pi**2 / 2]: a part that stops above that (or above 0, pushing away) pulls nothing."""
     texts = ["a castle", "snow at night", "an old teapot"]
-    stopped = generate([item(f"a red fox | {text}:1:5 | {text} in fog:-2:0.5", 3) for text in texts], tiny_models)
+    stopped = generate([item(f"a red fox | {text}:1:5 | {text} in fog:-2:0.5", 3, FEW_STEPS) for text in texts], tiny_models)
     assert all(np.array_equal(pixels(stopped[0]), pixels(other)) for other in stopped[1:])
-    pulling = generate([item(f"a red fox | {text}:1", 3) for text in texts[:2]], tiny_models)
+    pulling = generate([item(f"a red fox | {text}:1", 3, FEW_STEPS) for text in texts[:2]], tiny_models)
     assert not np.array_equal(pixels(pulling[0]), pixels(pulling[1])), "without a stop the part's text matters"
 
 
