@@ -40,6 +40,7 @@ def synthetic_segment(run_id: str, count: int, dim: int, rng: np.random.Generato
         image_keys=np.array([f"runs/{run_id}/items/{i}.png" for i in ids]),
         scores=rng.uniform(15, 35, count).astype(np.float32),
         vectors=vectors.astype(np.float16),
+        filtered=np.zeros(count, dtype=bool),
     )
 
 

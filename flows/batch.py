@@ -1,4 +1,4 @@
-"""The batch flow: manifest -> plan -> generate shards -> score and rank -> reports and artifacts."""
+"""The batch flow: manifest -> plan -> generate shards -> score -> zero-shot filter -> rank -> reports and artifacts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from flows.dispatch import dispatch_shards
 from flows.lineage import run_tag, tag_current_flow_run
 from flows.progress import progress_artifact
+from tasks.filtering import filter_images
 from tasks.generation import generate_shard
 from tasks.planning import prepare_run
 from tasks.reporting import publish_artifacts, write_reports
@@ -91,6 +92,8 @@ def _run_batch(manifest: str, storage: str, run_id: str | None, preset: str | No
                 failures.update(generate_shard(batch, storage, run_id, number).failed)
 
     records = score_images(storage, run_id, {item.item_id: item.models.scorer for item in items})
+    if run.filter is not None:
+        records = filter_images(storage, run_id, run.filter, records)  # rejected images stay stored but are published nowhere
     index_embeddings(storage, run_id)  # the run's images become searchable (`vqclip search`)
     index, ranking = write_reports(storage, run_id, run.manifest_name, items, records, failures)
     publish_artifacts(storage, run_id, index, ranking, records)

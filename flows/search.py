@@ -15,9 +15,13 @@ def search_images(
     runs: list[str] | None = None,
     top: int = 10,
     image_key: str | None = None,
+    include_filtered: bool = False,
 ) -> dict:
-    """The images most like `query` (a text) or the store's image at `image_key`, per scoring model; over `runs` or every indexed run."""
+    """The images most like `query` (a text) or the store's image at `image_key`, per scoring model; over `runs` or every indexed run.
+
+    Images the zero-shot filter left out of their runs are skipped unless `include_filtered`.
+    """
     storage = storage or get_config().storage
-    result = find_images(storage, query, image_key, runs, top)
+    result = find_images(storage, query, image_key, runs, top, include_filtered)
     publish_search(storage, result)
     return result.to_json()

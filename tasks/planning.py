@@ -8,6 +8,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.retry import retried
+from vqclip.filter_spec import FilterSpec
 from vqclip.items import WorkItem
 from vqclip.manifest import load_manifest, read_manifest_source, store_reader
 from vqclip.run import layout
@@ -22,6 +23,7 @@ class PreparedRun(BaseModel):
     manifest_name: str
     items: list[WorkItem]
     shard_size: int
+    filter: FilterSpec | None = None
 
 
 @task(**retried("prepare-run"))
@@ -35,4 +37,4 @@ def prepare_run(manifest: str, storage: str, run_id: str | None, preset: str | N
     run_id = layout.check_run_id(run_id or new_run_id(name, data))
     store.put_bytes(layout.manifest_key(run_id, Path(name).suffix.lower()), data)
     RunStore(store, run_id).stage_inputs(items, lambda source: parsed.read_bytes(source, read_store))
-    return PreparedRun(run_id=run_id, manifest_name=name, items=items, shard_size=parsed.shard_size)
+    return PreparedRun(run_id=run_id, manifest_name=name, items=items, shard_size=parsed.shard_size, filter=parsed.filter)

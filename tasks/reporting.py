@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,9 +12,10 @@ from vqclip.config import get_config
 from vqclip.items import WorkItem
 from vqclip.media.png import decode_image
 from vqclip.run import layout
+from vqclip.run.outputs import write_outputs
 from vqclip.run.records import IndexEntry, ItemRecord, Ranking, RunIndex
-from vqclip.run.report import SCORE_MEANING, contact_sheet, gallery_html, markdown_text, thumbnail_data_uri
-from vqclip.run.state import build_index, build_ranking, put_json
+from vqclip.run.report import SCORE_MEANING, markdown_text, thumbnail_data_uri
+from vqclip.run.state import build_index, put_json
 from vqclip.storage import ObjectStore, open_store
 
 ROW_THUMB = 64
@@ -34,24 +33,11 @@ def write_reports(
     records: dict[str, ItemRecord],
     failures: dict[str, str],
 ) -> tuple[RunIndex, Ranking]:
-    """Write ranking.json, a contact sheet per prompt, gallery.html and, last, index.json."""
+    """Write ranking.json, a contact sheet per prompt, gallery.html and, last, index.json; filtered images are left out."""
     store = open_store(storage)
     planned = {item.item_id for item in items}
     records = {k: v for k, v in records.items() if k in planned}
-    ranking = build_ranking(run_id, records)
-    put_json(store, layout.ranking_key(run_id), ranking)
-    untrained = {item.item_id for item in items if item.models.synthetic}
-    for prompt in ranking.prompts:
-        thumbs = [
-            (decode_image(store.get_bytes(image.image_key)), f"#{image.rank} {image.score:.1f} seed {records[image.item_id].seed}")
-            for image in prompt.images
-        ]
-        buffer = io.BytesIO()
-        sheet = contact_sheet(thumbs, f"{prompt.prompt_id}: {prompt.prompt}", any(i.item_id in untrained for i in prompt.images))
-        sheet.save(buffer, format="PNG")
-        store.put_bytes(layout.sheet_key(run_id, prompt.prompt_id), buffer.getvalue(), content_type="image/png")
-    page = gallery_html(run_id, ranking, records, layout.run_prefix(run_id), bool(untrained))
-    store.put_bytes(layout.gallery_key(run_id), page.encode(), content_type="text/html; charset=utf-8")
+    ranking = write_outputs(store, run_id, records)
     index = build_index(run_id, manifest, items, records, ranking, failures)
     put_json(store, layout.index_key(run_id), index)
     return index, ranking
@@ -108,13 +94,13 @@ def _row(store: ObjectStore, thumbnails: _Thumbnails, entry: IndexEntry, record:
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE, persist_result=False)
 def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranking, records: dict[str, ItemRecord]) -> None:
-    """A table of every image (thumbnail, prompt, seed, score, rank, files) and a markdown summary of the best.
+    """A table of every image (thumbnail, prompt, seed, score, rank, files) and a markdown summary of the best; filtered images left out.
 
     Thumbnails are small JPEGs inline as `data:` URIs: the UI draws them with no server and no expiring link.
     """
     store = open_store(storage)
     row_thumbs = _Thumbnails(store, ROW_THUMB)
-    rows = [_row(store, row_thumbs, entry, records.get(entry.item_id)) for entry in index.items]
+    rows = [_row(store, row_thumbs, entry, records.get(entry.item_id)) for entry in index.items if not entry.filtered]
     more = f"; thumbnails of the first {len(rows) - row_thumbs.skipped} rows only" if row_thumbs.skipped else ""
     create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank{more}")
     summary = _summary(store, run_id, index, ranking, get_config().browse_url)
@@ -125,7 +111,9 @@ def _summary(store: ObjectStore, run_id: str, index: RunIndex, ranking: Ranking,
     """The summary artifact: the best image of every prompt, its score, and where the whole run is."""
     md = markdown_text  # every string below may come from a manifest or a user: rendered as text, never markup
     thumbnails = _Thumbnails(store, BEST_THUMB)
-    lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done. {md(SCORE_MEANING)}", ""]
+    filtered = sum(entry.filtered for entry in index.items)
+    hidden = f" {filtered} left out by the zero-shot filter (its report: {md(store.url(layout.filter_markdown_key(run_id)))})." if filtered else ""
+    lines = [f"# Run {md(run_id)}", "", f"{index.counts['done']} of {len(index.items)} images done.{hidden} {md(SCORE_MEANING)}", ""]
     header = ["best image", "score", *(["files"] if browse else []), "prompt", "scorer"]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for prompt in ranking.prompts:

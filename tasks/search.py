@@ -15,11 +15,13 @@ from vqclip.storage import open_store
 
 
 @task(**retried("find-images"))
-def find_images(storage: str, query: str | None, image_key: str | None, runs: list[str] | None, top: int) -> SearchResult:
+def find_images(
+    storage: str, query: str | None, image_key: str | None, runs: list[str] | None, top: int, include_filtered: bool = False
+) -> SearchResult:
     """The `top` images per scoring model most like the text `query` or the stored image at `image_key`."""
     store = open_store(storage)
     image = decode_image(store.get_bytes(image_key)) if image_key else None
-    return search(store, load_scorer, text=query, image=image, runs=runs, top=top, query_label=image_key)
+    return search(store, load_scorer, text=query, image=image, runs=runs, top=top, query_label=image_key, include_filtered=include_filtered)
 
 
 @task(**retried("publish-search"))

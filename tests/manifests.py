@@ -35,7 +35,7 @@ BAD = [
     case(
         "unknown top field",
         "colour: red\nprompts: [a fox]\n",
-        "m.yaml:1: colour: unknown field; allowed fields: defaults, name, prompts, version",
+        "m.yaml:1: colour: unknown field; allowed fields: defaults, filter, name, prompts, version",
     ),
     case(
         "unknown defaults field",

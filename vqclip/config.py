@@ -67,6 +67,11 @@ class Config(BaseSettings):
         description="Where `vqclip serve` answers for the store (e.g. http://127.0.0.1:8470): the Prefect UI's artifacts "
         "then link every image, sidecar, contact sheet and gallery there. Thumbnails show without it.",
     )
+    filter: str | None = Field(
+        None,
+        description="The zero-shot filter for manifests without a `filter:` section: inline JSON ({\"labels\": [...], "
+        "\"reject\": [...], \"threshold\": 0.5}) or the path of a YAML or JSON file holding it.",
+    )
     shard_attempts: int = Field(3, gt=0, description="Dispatches of a remote shard before its items count as failed.")
     shard_timeout: float = Field(6 * 3600, gt=0, description="Seconds a batch waits for its remote shards.")
     batch_attempts: int = Field(

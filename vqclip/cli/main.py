@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vqclip import shutdown
+from vqclip.cli.filter import register as register_filter_command
 from vqclip.cli.output import console, errors, options, user_errors
 from vqclip.cli.search import register as register_search_commands
 from vqclip.cli.stack import register as register_stack_commands
@@ -426,6 +427,7 @@ def serve(
 
 register_stack_commands(app)
 register_search_commands(app)
+register_filter_command(app)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ def search(
     top: Annotated[int, typer.Option("--top", min=1, help="How many images to show per scoring model.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     storage: Annotated[Optional[str], typer.Option(help=_STORAGE_HELP)] = None,
+    include_filtered: Annotated[bool, typer.Option("--include-filtered", help="Also show images the zero-shot filter left out of their runs' outputs.")] = False,
 ) -> None:
     """The images most like a text or an image, from every run scored by the same CLIP model, grouped by model."""
     from vqclip.config import get_config
@@ -44,7 +45,7 @@ def search(
                 raise VqclipError(f"--image {image}: not an image file Pillow can read ({exc}); give a PNG, JPEG or WebP") from None
         store = open_store(storage or get_config().storage)
         result = run_search(store, load_scorer, text=query, image=picture, runs=runs or None, top=top,
-                            query_label=str(image) if image is not None else None)
+                            query_label=str(image) if image is not None else None, include_filtered=include_filtered)
     if as_json:
         console.print_json(json.dumps(result.to_json()))
         return
@@ -59,7 +60,8 @@ def search(
             table.add_column(column, overflow="fold")
         for hit in group.hits:
             score = "" if hit.score is None else f"{hit.score:.2f}"
-            table.add_row(str(hit.rank), f"{hit.similarity:.4f}", score, hit.run_id, f"{hit.prompt_id}: {hit.prompt}", hit.image_url)
+            location = f"{hit.image_url} (filtered)" if hit.filtered else hit.image_url
+            table.add_row(str(hit.rank), f"{hit.similarity:.4f}", score, hit.run_id, f"{hit.prompt_id}: {hit.prompt}", location)
         console.print(table)
     if result.empty_runs:
         console.print(f"runs with no scored images to search: {', '.join(result.empty_runs)}", highlight=False)

@@ -34,6 +34,11 @@ Image paths are relative to the manifest's folder and must exist there, or name 
 ``store:KEY``; a ``store:`` image is read, and its digest taken, by `Manifest.plan` through `read_source`.
 Every image must decode: local ones are decoded at validation, ``store:`` ones when `Manifest.plan` reads them.
 
+Filter: a run-level ``filter: {labels: [...], reject: [...], threshold: 0.5, templates: [...]}`` labels every
+image by CLIP zero-shot classification and keeps images with a rejected label out of the ranking, sheets, gallery
+and artifacts (vqclip.filter_spec). Without it, ``VQCLIP_FILTER`` gives the default; ``filter: false`` turns that off.
+In JSONL the header line may hold it; CSV has only the default.
+
 Admission: beyond the per-field limits, a manifest's total work (width x height x steps, summed over its
 images) must stay within ``Config.max_megapixel_steps``.
 """

@@ -11,6 +11,7 @@ from typing import TypedDict
 from PIL import Image, UnidentifiedImageError
 
 from vqclip.errors import ManifestError, ObjectNotFound
+from vqclip.filter_spec import FilterSpec
 from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
 from vqclip.manifest.problems import FieldPath, format_path, join_errors
 from vqclip.manifest.sources import STORE_PREFIX, SourceReader
@@ -40,6 +41,8 @@ class Manifest:
     shard_size: int
     prompts: tuple[ManifestPrompt, ...]
     base_dir: Path | None = None
+    filter: FilterSpec | None = None
+    """The zero-shot filter: the manifest's own, else VQCLIP_FILTER's default; None with `filter: false` or neither."""
     origins: dict[str, FieldPath] = field(default_factory=dict, compare=False, repr=False)
     """The field that first names each image source, for errors found while planning."""
 

@@ -19,7 +19,7 @@ from vqclip.manifest.problems import FieldPath, Problem, join_errors
 from vqclip.manifest.schema import PromptEntry
 
 FORMATS = (".yaml", ".yml", ".json", ".jsonl", ".csv")
-_RUN_KEYS = ("version", "name", "defaults")
+_RUN_KEYS = ("version", "name", "defaults", "filter")
 
 
 @dataclass

@@ -161,4 +161,5 @@ class Header(_Strict):
     version: Literal[1] = 1
     name: str | None = None
     defaults: Any = None
+    filter: Any = None
     prompts: Annotated[list[Any], Field(min_length=1)]

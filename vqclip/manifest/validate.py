@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from vqclip.config import Config, get_config
 from vqclip.errors import ManifestError, ModelError, StorageError
+from vqclip.filter_spec import FilterSpec, default_filter
 from vqclip.items import GenerationSettings
 from vqclip.manifest.plan import Manifest, ManifestPrompt, derive_seed, image_problem
 from vqclip.manifest.problems import FieldPath, Problem, parse_model, raise_problems
@@ -106,7 +107,7 @@ class _Validator:
     """Checks a parsed document against the schema and the limits, collecting every problem."""
 
     def __init__(self, file: str, config: Config, base_dir: Path | None, preset: str | None, document: Document):
-        self.file, self.settings, self.base_dir, self.preset = file, config, base_dir, preset
+        self.file, self.config, self.base_dir, self.preset = file, config, base_dir, preset
         self.document, self.lines = document, document.lines
         self.problems: list[Problem] = list(document.problems)
         self.origins: dict[str, FieldPath] = {}
@@ -138,11 +139,12 @@ class _Validator:
         defaults, self.defaults_dropped = parse_model(Defaults, {} if given is None else given, ("defaults",), self.problems)
         self._check_limits(defaults, ("defaults",))
         entries = raw.get("prompts") if isinstance(raw.get("prompts"), list) else []
-        if len(entries) > self.settings.max_prompts:
-            self.add(_over_limit(len(entries), "prompts", self.settings.max_prompts, "MAX_PROMPTS"), "prompts")
+        if len(entries) > self.config.max_prompts:
+            self.add(_over_limit(len(entries), "prompts", self.config.max_prompts, "MAX_PROMPTS"), "prompts")
             entries = []  # not worth checking one by one
         prompts = [self._prompt(index, entry, defaults) for index, entry in enumerate(entries)]
         self._check_total_work([p for p in prompts if p is not None])
+        spec = self._filter(raw)
         if not self.problems:
             return Manifest(
                 file=self.file,
@@ -151,8 +153,18 @@ class _Validator:
                 prompts=tuple(p for p in prompts if p is not None),
                 base_dir=self.base_dir,
                 origins=self.origins,
+                filter=spec,
             )
         raise_problems(self.file, self.problems, self.lines())
+
+    def _filter(self, raw: dict) -> FilterSpec | None:
+        """The manifest's `filter:` section; `false` turns off the run-level default, leaving it out keeps it."""
+        if "filter" not in raw:
+            return default_filter(self.config.filter)
+        if raw["filter"] is False:
+            return None
+        spec, _ = parse_model(FilterSpec, raw["filter"], ("filter",), self.problems)
+        return spec
 
     def _prompt(self, index: int, raw: Any, defaults: Defaults | None) -> ManifestPrompt | None:
         path: FieldPath = ("prompts", index)
@@ -198,19 +210,19 @@ class _Validator:
             if entry.n is not None and entry.n != len(entry.seeds):
                 count = len(entry.seeds)
                 self.add(f"n is {entry.n} but {count} seeds are given; drop n or give {entry.n} seeds", *path, "n")
-            if len(entry.seeds) > self.settings.max_images_per_prompt:
+            if len(entry.seeds) > self.config.max_images_per_prompt:
                 self.add(self._too_many_images(len(entry.seeds)), *path, "seeds")
             return tuple(entry.seeds)
         base = _pick("seed", entry, defaults) or 0
         return tuple(derive_seed(base, prompt_id, i) for i in range(_pick("n", entry, defaults) or 1))
 
     def _too_many_images(self, n: int) -> str:
-        return _over_limit(n, "images per prompt", self.settings.max_images_per_prompt, "MAX_IMAGES_PER_PROMPT")
+        return _over_limit(n, "images per prompt", self.config.max_images_per_prompt, "MAX_IMAGES_PER_PROMPT")
 
     def _check_limits(self, level: Defaults | PromptEntry | None, path: FieldPath) -> None:
         if level is None:
             return
-        settings = self.settings
+        settings = self.config
         if level.n is not None and level.n > settings.max_images_per_prompt:
             self.add(self._too_many_images(level.n), *path, "n")
         for side in ("width", "height"):
@@ -300,7 +312,7 @@ class _Validator:
         images = sum(len(p.seeds) for p in prompts)
         steps = sum(len(p.seeds) * p.settings.total_steps for p in prompts)
         pixel_steps = sum(len(p.seeds) * p.settings.width * p.settings.height * p.settings.total_steps for p in prompts)
-        limit = self.settings.max_megapixel_steps
+        limit = self.config.max_megapixel_steps
         if pixel_steps > limit * 1_000_000:
             self.add(
                 f"{images:,} image{'s' if images != 1 else ''} of {steps:,} steps in all, "

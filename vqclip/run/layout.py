@@ -102,8 +102,23 @@ def ranking_key(run_id: str) -> str:
     return f"{run_prefix(run_id)}ranking.json"
 
 
+def sheets_prefix(run_id: str) -> str:
+    """Where the run's contact sheets are, one per prompt."""
+    return f"{run_prefix(run_id)}sheets/"
+
+
 def sheet_key(run_id: str, prompt_id: str) -> str:
-    return f"{run_prefix(run_id)}sheets/{_id(prompt_id)}.png"
+    return f"{sheets_prefix(run_id)}{_id(prompt_id)}.png"
+
+
+def filter_report_key(run_id: str) -> str:
+    """The zero-shot filter that labelled the run's images and the images it filtered out, as JSON."""
+    return f"{run_prefix(run_id)}filter.json"
+
+
+def filter_markdown_key(run_id: str) -> str:
+    """The filter report for people: the filtered images with their labels and probabilities."""
+    return f"{run_prefix(run_id)}filter.md"
 
 
 def gallery_key(run_id: str) -> str:

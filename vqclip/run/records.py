@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from vqclip import __version__
+from vqclip.filter_spec import FilterLabel
 from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem
 from vqclip.models.spec import ModelSpec
 
@@ -94,7 +95,14 @@ class ItemRecord(BaseModel):
     lr_used: float
     score: float | None = None
     scorer: str | None = None
+    filter: FilterLabel | None = None
+    """The zero-shot filter's label (vqclip.run.filtering); a filtered image stays stored but is left out of every published output."""
     created_at: str = Field(default_factory=utc_now)
+
+    @property
+    def filtered(self) -> bool:
+        """Whether the zero-shot filter keeps this image out of the ranking, sheets, gallery and artifacts."""
+        return self.filter is not None and self.filter.filtered
 
 
 ItemState = Literal["done", "failed", "pending"]
@@ -113,6 +121,8 @@ class IndexEntry(BaseModel):
     score: float | None = None
     rank: int | None = None
     error: str | None = None
+    filtered: bool = False
+    """Kept in storage but left out of the ranking, sheets, gallery and artifacts by the zero-shot filter."""
 
 
 class RunIndex(BaseModel):

@@ -167,11 +167,11 @@ def item_record(
 
 
 def build_ranking(run_id: str, records: dict[str, ItemRecord]) -> Ranking:
-    """Per prompt, its scored images best first, with the scorer that scored them."""
+    """Per prompt, its scored images best first, with the scorer that scored them; images the filter marked are left out."""
     from vqclip.engine.score import Scored, rank  # imports torch: kept off the path of `vqclip show` and `validate`
 
     prompts = {r.prompt_id: r.prompt for r in records.values()}
-    scored = [r for r in records.values() if r.score is not None]
+    scored = [r for r in records.values() if r.score is not None and not r.filtered]
     scorers = {r.prompt_id: r.scorer for r in scored}
     ranked = rank([Scored(r.prompt_id, r.item_id, r.score) for r in scored])
     return Ranking(
@@ -217,6 +217,7 @@ def build_index(
                 score=record.score if record else None,
                 rank=ranks.get(item.item_id),
                 error=failures.get(item.item_id) if not record else None,
+                filtered=record.filtered if record else False,
             )
         )
     counts = {state: sum(e.state == state for e in entries) for state in ("done", "failed", "pending")}

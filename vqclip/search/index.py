@@ -42,13 +42,15 @@ class Segment:
     image_keys: np.ndarray
     scores: np.ndarray
     vectors: np.ndarray
+    filtered: np.ndarray
+    """True where the zero-shot filter left the image out of the run's outputs (searches skip it unless asked)."""
 
     def to_bytes(self) -> bytes:
         """The segment as an `.npz` file."""
         buffer = io.BytesIO()
         columns = {name: np.asarray(getattr(self, name), dtype=str) for name in _TEXT_COLUMNS}
         np.savez(buffer, scorer=np.array(self.scorer), run_id=np.array(self.run_id), scores=self.scores,
-                 vectors=self.vectors.astype(np.float16), **columns)
+                 vectors=self.vectors.astype(np.float16), filtered=np.asarray(self.filtered, dtype=bool), **columns)
         return buffer.getvalue()
 
     @classmethod
@@ -60,6 +62,8 @@ class Segment:
                 run_id=str(npz["run_id"]),
                 scores=npz["scores"],
                 vectors=npz["vectors"],
+                # Segments written before the filter existed have no column: nothing in them is filtered.
+                filtered=npz["filtered"] if "filtered" in npz.files else np.zeros(len(npz["item_ids"]), dtype=bool),
                 **{name: npz[name] for name in _TEXT_COLUMNS},
             )
 
@@ -78,6 +82,7 @@ def run_segment(run_id: str, records: list[ItemRecord], embeddings: RunEmbedding
         image_keys=np.array([r.image_key for r in records], dtype=str),
         scores=np.array([np.nan if r.score is None else r.score for r in records], dtype=np.float32),
         vectors=embeddings.vectors[[rows[r.item_id] for r in records]].reshape(len(records), dim),
+        filtered=np.array([r.filtered for r in records], dtype=bool),
     )
 
 
@@ -128,13 +133,15 @@ class Block:
     segments: tuple[Segment, ...]
     vectors: np.ndarray
     bounds: np.ndarray
+    filtered: np.ndarray
 
     @classmethod
     def of(cls, loaded: list[tuple[str, Segment]]) -> Block:
         """The block of these (key, segment) pairs; a single segment's vectors are used as they are."""
         segments = tuple(segment for _, segment in loaded)
         vectors = segments[0].vectors if len(segments) == 1 else np.concatenate([s.vectors for s in segments])
-        return cls(tuple(key for key, _ in loaded), segments, vectors, np.cumsum([0] + [len(s.item_ids) for s in segments]))
+        filtered = np.concatenate([s.filtered for s in segments])
+        return cls(tuple(key for key, _ in loaded), segments, vectors, np.cumsum([0] + [len(s.item_ids) for s in segments]), filtered)
 
 
 @dataclass(frozen=True)
@@ -154,24 +161,36 @@ class ModelGroup:
         """Every run's segment."""
         return tuple(segment for block in self.blocks for segment in block.segments)
 
-    def size(self, runs: set[str] | None = None) -> int:
-        """How many images these runs (None: all) hold."""
-        return sum(len(s.item_ids) for s in self.segments if runs is None or s.run_id in runs)
+    def size(self, runs: set[str] | None = None, include_filtered: bool = False) -> int:
+        """How many images these runs (None: all) hold, filtered ones only with `include_filtered`."""
+        return sum(
+            len(s.item_ids) - (0 if include_filtered else int(s.filtered.sum()))
+            for s in self.segments
+            if runs is None or s.run_id in runs
+        )
 
-    def top(self, query: np.ndarray, top: int, runs: set[str] | None = None) -> list[tuple[Segment, int, float]]:
-        """The `top` rows most similar to the normalised `query`: (segment, row, cosine), best first; ties by run, then row."""
+    def top(
+        self, query: np.ndarray, top: int, runs: set[str] | None = None, include_filtered: bool = False
+    ) -> list[tuple[Segment, int, float]]:
+        """The `top` rows most similar to the normalised `query`: (segment, row, cosine), best first; ties by run, then row.
+
+        Rows the zero-shot filter marked are skipped unless `include_filtered`.
+        """
         query = query.astype(np.float32)
         found: list[tuple[float, str, int, Segment]] = []
         for block in self.blocks:
-            parts = [(block.vectors, block.segments, block.bounds)] if runs is None else [
-                (segment.vectors, (segment,), np.array([0, len(segment.item_ids)]))
+            parts = [(block.vectors, block.segments, block.bounds, block.filtered)] if runs is None else [
+                (segment.vectors, (segment,), np.array([0, len(segment.item_ids)]), segment.filtered)
                 for segment in block.segments
                 if segment.run_id in runs
             ]
-            for vectors, segments, bounds in parts:
+            for vectors, segments, bounds, filtered in parts:
                 # einsum, not BLAS: OpenBLAS's threads cost more than they save on these products on a busy machine (benchmarks/search.py)
                 similarities = np.einsum("ij,j->i", vectors, query)
-                count = min(top, len(similarities))
+                hidden = 0 if include_filtered else int(filtered.sum())
+                if hidden:
+                    similarities = np.where(filtered, -np.inf, similarities)
+                count = min(top, len(similarities) - hidden)
                 best = np.argpartition(-similarities, count - 1)[:count] if count else []
                 for row in best:
                     at = int(np.searchsorted(bounds, row, side="right")) - 1

@@ -37,6 +37,8 @@ class Hit:
     prompt: str
     image_key: str
     image_url: str
+    filtered: bool = False
+    """The zero-shot filter left this image out of its run's outputs (found only with `include_filtered`)."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,13 @@ def search(
     top: int = 10,
     index: EmbeddingIndex | None = None,
     query_label: str | None = None,
+    include_filtered: bool = False,
 ) -> SearchResult:
     """The `top` images most similar to `text` or `image` per scoring model, over `runs` (None: every indexed run).
 
     A named run missing from the index is added first (embedding its images if it was scored before
-    embeddings were kept). `query_label` names the query in the result (e.g. the image's file).
+    embeddings were kept). `query_label` names the query in the result (e.g. the image's file). Images
+    the zero-shot filter marked are skipped unless `include_filtered`.
     """
     if (text is None) == (image is None):
         raise VqclipError("search needs exactly one query: a text or an image (--image FILE)")
@@ -95,7 +99,7 @@ def search(
             groups = index.refresh()
     results = []
     for scorer, group in groups.items():
-        searched = group.size(wanted)
+        searched = group.size(wanted, include_filtered)
         if not searched:
             continue
         model = load_scorer(scorer)
@@ -111,8 +115,9 @@ def search(
                 prompt=str(segment.prompts[row]),
                 image_key=str(segment.image_keys[row]),
                 image_url=store.url(str(segment.image_keys[row])),
+                filtered=bool(segment.filtered[row]),
             )
-            for rank, (segment, row, similarity) in enumerate(group.top(query, top, wanted), start=1)
+            for rank, (segment, row, similarity) in enumerate(group.top(query, top, wanted, include_filtered), start=1)
         ]
         results.append(ModelResults(scorer, *split_clip_name(scorer), searched=searched, hits=hits))
     empty_runs = sorted(wanted - index.indexed_runs()) if wanted else []
