@@ -271,6 +271,57 @@ def _orchestration_row(device: str, steps: int, pairs: int) -> dict:
     }
 
 
+def cpu_reference(quick: bool, pairs: int) -> dict:
+    """One image's step and peak RSS, this engine's default CPU path against the reference-style loop.
+
+    Both run in fresh processes (benchmarks.reference_loop), in alternating order pair after pair;
+    the figures are medians over the pairs.
+    """
+    preset, size, cutouts = _shape(quick)
+    steps = 3 if quick else 4
+    runs: dict[str, list[dict]] = {"engine": [], "reference": []}
+    for pair in range(pairs):
+        for loop in ("engine", "reference") if pair % 2 == 0 else ("reference", "engine"):
+            command = [sys.executable, "-m", "benchmarks.reference_loop", loop, "--preset", preset, "--size", str(size)]
+            command += ["--cutouts", str(cutouts), "--steps", str(steps)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[loop].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    ours, theirs = ({key: statistics.median(run[key] for run in runs[loop]) for key in ("s_per_step", "peak_rss_gib")} for loop in ("engine", "reference"))
+    return {
+        "preset": preset,
+        "size": size,
+        "cutouts": cutouts,
+        "pairs": pairs,
+        "engine_s_per_step": ours["s_per_step"],
+        "reference_s_per_step": theirs["s_per_step"],
+        "step_vs_reference": ours["s_per_step"] / theirs["s_per_step"],
+        "engine_peak_rss_gib": ours["peak_rss_gib"],
+        "reference_peak_rss_gib": theirs["peak_rss_gib"],
+        "ratio_per_pair": [e["s_per_step"] / r["s_per_step"] for e, r in zip(runs["engine"], runs["reference"])],
+    }
+
+
+def flops(device: str, quick: bool, rows: list[dict]) -> dict:
+    """FLOPs of one step at the engine section's best batch, and the useful FLOP/s they make as a share of the GPU's dense bf16 peak."""
+    from benchmarks.flops import peak_flops, step_flops
+
+    preset, size, cutouts = _shape(quick)
+    best = max(rows, key=lambda row: row["images_per_hour"])
+    models = load_models(preset, device=device, include_scorer=False)
+    switches = {"fp32": FP32, "fp32-strict": STRICT_FP32}.get(best["variant"], BF16)
+    counted = step_flops(models, best["batch"], size, cutouts, Config(**switches))
+    # The counted step includes the final decode (no gradients): about one decoder forward more than a step.
+    achieved = counted / best["s_per_step"]
+    peak = peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None
+    return {
+        "variant": best["variant"],
+        "batch": best["batch"],
+        "tflop_per_step": counted / 1e12,
+        "achieved_tflop_s": achieved / 1e12,
+        "share_of_dense_bf16_peak": achieved / peak if peak else None,
+    }
+
+
 def scoring(device: str, quick: bool, repeats: int) -> dict:
     """Images scored per second by the default preset's scoring architecture, batches of 32."""
     from PIL import Image
@@ -343,7 +394,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models and few repetitions (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--markdown", type=Path, help="also append the results to this file as a RESULTS.md entry")
-    parser.add_argument("--only", help="comma-separated sections to run (engine, quality, memory, model_load, orchestration, scoring, compile)")
+    parser.add_argument("--only", help="comma-separated sections to run (engine, flops, quality, memory, cpu_reference, model_load, orchestration, scoring, compile)")
     parser.add_argument("--compile", action="store_true", help="also time bf16 + torch.compile on CUDA (about 2 minutes of compiling)")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
@@ -389,9 +440,12 @@ def main() -> None:
         return show
 
     rows = section("engine", lambda: engine(args.device, args.quick, repeats), show_engine)
+    section("flops", lambda: flops(args.device, args.quick, rows), show_rows("1c. FLOPs per step (torch.utils.flop_counter) at the best row"))
     section("quality", lambda: quality(args.device, args.quick), show_rows("1b. quality (final guide similarity, same items)"))
     memory = (lambda: memory_cuda(args.quick)) if args.device == "cuda" else (lambda: memory_cpu(args.quick))
     section("memory", memory, show_rows("2. memory"))
+    if args.device == "cpu":
+        section("cpu_reference", lambda: cpu_reference(args.quick, 1 if args.quick else 3), show_rows("2b. CPU: this engine's default against the reference-style loop (one image)"))
     unload_models()
     step = rows[0]["s_per_step"] if rows else 1.0
     section("model_load", lambda: model_load(args.quick, step, args.device), show_rows("3. model load"))

@@ -102,8 +102,10 @@ def test_an_out_of_memory_error_under_compile_is_not_taken_for_a_compiler_failur
 @pytest.mark.slow
 def test_torch_compile_really_compiles_and_gives_the_same_image(tiny_models, no_compile_state):
     batch = [item("a red fox", 2, SETTINGS.model_copy(update={"steps": 4})), item("snow", 3, SETTINGS.model_copy(update={"steps": 4}))]
-    eager = generate(batch, tiny_models, Config())
-    compiled = generate(batch, tiny_models, Config(compile=True))
+    # In fp32: under bf16 (the default on CPUs with native bf16) inductor's fused kernels round differently
+    # from eager ones, and the nearest-code snap turns that into different pixels.
+    eager = generate(batch, tiny_models, Config(bf16=False))
+    compiled = generate(batch, tiny_models, Config(bf16=False, compile=True))
     assert not Accelerated.compile_failed(tiny_models.vqgan), "inductor compiled the decoder and the guide"
     assert "_vqclip_compiled" in tiny_models.vqgan.__dict__
     for a, b in zip(eager, compiled):

@@ -8,7 +8,7 @@ seeded-noise prompts) with a squared spherical distance; a torch optimiser (Adam
 name another) updates the latent, which is clamped to the codebook's range.
 
 Items never interact: every loss term is per item and summed, the optimiser is element-wise, and
-every random draw comes from the item's own generator. On a CPU in fp32, with one item per backward
+every random draw comes from the item's own generator. On a CPU (bf16 or fp32), with one item per backward
 pass (the CPU default), an item therefore gives exactly the same pixels alone or in any batch. On
 CUDA it does not: cuDNN picks kernels by batch size and grid_sample's backward adds with atomics, and
 the nearest-code snap turns those last-bit differences into different images (measured on an H200: up to 255, mean 24 of 255 apart
@@ -162,8 +162,8 @@ class GenerationResult:
 
 
 def bf16_enabled(device: torch.device, config: Config) -> bool:
-    """bf16 autocast for the decoder and CLIP: on CUDA unless turned off; on CPUs with native bf16 if asked for."""
-    if not (device.type == "cuda" if config.bf16 is None else config.bf16):
+    """bf16 autocast for the decoder and CLIP: on CUDA and on CPUs with native bf16 unless turned off."""
+    if config.bf16 is False:
         return False
     if device.type == "cuda":
         return True
