@@ -68,10 +68,10 @@ def _engine_row(models: Models, variant: str, switches: dict, batch: int, size: 
 
 def largest_batch(models: Models, size: int, cutouts: int, switches: dict) -> int:
     """The batch the pipeline's auto-batching would pick on this GPU, capped at LARGEST_BATCH_CAP."""
-    from vqclip.engine.batching import batch_size
+    from vqclip.engine.batching import engine_batch_size
 
     items = bench_items(models.spec, LARGEST_BATCH_CAP, size, cutouts, 1)
-    return batch_size(models, items, Config(**switches))
+    return engine_batch_size(models, items, Config(**switches))
 
 
 def compiled(quick: bool, repeats: int, baseline: dict | None) -> dict:

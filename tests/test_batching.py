@@ -7,7 +7,7 @@ import torch
 
 from tests.engine import item
 from vqclip.config import Config
-from vqclip.engine.batching import batch_size, batches, fit_batch, measure_batch_memory
+from vqclip.engine.batching import batches, engine_batch_size, fit_batch, measure_batch_memory
 
 GIB = 2**30
 
@@ -20,7 +20,7 @@ def test_fit_batch_divides_what_is_left_after_the_fixed_cost():
 
 def test_on_a_cpu_a_shard_is_one_batch(tiny_models):
     items = [item("snow", seed) for seed in range(5)]
-    assert batch_size(tiny_models, items, Config()) == 5
+    assert engine_batch_size(tiny_models, items, Config()) == 5
     assert [len(b) for b in batches(items, 2)] == [2, 2, 1]
 
 
@@ -32,5 +32,5 @@ def test_probe_memory_grows_with_items_and_the_batch_fits():
     items = [item("snow", seed) for seed in range(64)]
     fixed, per_item = measure_batch_memory(models, items[0], Config())
     assert per_item > 0 and fixed >= 0
-    size = batch_size(models, items, Config(memory_fraction=0.5))
+    size = engine_batch_size(models, items, Config(memory_fraction=0.5))
     assert 1 <= size <= 64

@@ -181,7 +181,7 @@ def test_batches_commit_on_upload_threads_while_the_next_batch_computes(store, m
         threads.add(threading.current_thread().name)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(shard, "batch_size", lambda models, todo, config: 2)
+    monkeypatch.setattr(shard, "engine_batch_size", lambda models, todo, config: 2)
     monkeypatch.setattr(RunStore, "commit", record_commit)
     engine = Engine()
     run(items, store, engine, monkeypatch)
@@ -201,7 +201,7 @@ def test_a_stop_mid_shard_drains_the_finished_commits_on_the_way_out(store, monk
         if batch[0].seed >= 2:
             raise Interrupted("stopped by SIGTERM")  # what the engine's step loop raises once a stop is asked for
 
-    monkeypatch.setattr(shard, "batch_size", lambda models, todo, config: 2)
+    monkeypatch.setattr(shard, "engine_batch_size", lambda models, todo, config: 2)
     monkeypatch.setattr(RunStore, "commit", slow_commit)
     with pytest.raises(Interrupted):
         run(items, store, Engine(stop_in_second_batch), monkeypatch)

@@ -52,7 +52,7 @@ def _free_memory(device: torch.device) -> int:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def batch_size(models: Models, items: list[WorkItem], runtime: Config) -> int:
+def engine_batch_size(models: Models, items: list[WorkItem], runtime: Config) -> int:
     """Items per engine batch for `items` (one shape): all of them, unless CUDA memory allows fewer."""
     if models.device.type != "cuda" or not runtime.auto_batch or runtime.micro_batch or len(items) == 1:
         return len(items)

@@ -21,7 +21,7 @@ import torch
 from vqclip import shutdown
 from vqclip.config import Config
 from vqclip.engine import generate as engine
-from vqclip.engine.batching import batch_size, batches
+from vqclip.engine.batching import batches, engine_batch_size
 from vqclip.engine.generate import GenerationResult, ProgressCallback
 from vqclip.items import WorkItem
 from vqclip.models.loader import Models
@@ -68,7 +68,7 @@ def run_shard(
         len(items),
         loaded.device,
     )
-    size = batch_size(loaded, todo, config)
+    size = engine_batch_size(loaded, todo, config)
     if size < len(todo):
         log.info("%d items in batches of %d (what fits in the device's free memory)", len(todo), size)
     failed: dict[str, str] = {}
