@@ -43,7 +43,7 @@ def write_reports(
     return index, ranking
 
 
-def _key_for(run_id: str) -> str:
+def artifact_key(run_id: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     return "".join(c if c.isalnum() else "-" for c in run_id.lower())[:80]
 
@@ -102,9 +102,9 @@ def publish_artifacts(storage: str, run_id: str, index: RunIndex, ranking: Ranki
     row_thumbs = _Thumbnails(store, ROW_THUMB)
     rows = [_row(store, row_thumbs, entry, records.get(entry.item_id)) for entry in index.items if not entry.filtered]
     more = f"; thumbnails of the first {len(rows) - row_thumbs.skipped} rows only" if row_thumbs.skipped else ""
-    create_table_artifact(rows, key=f"ranking-{_key_for(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank{more}")
+    create_table_artifact(rows, key=f"ranking-{artifact_key(run_id)}", description=f"Every image of run {run_id} with its CLIP score, the scorer and its rank{more}")
     summary = _summary(store, run_id, index, ranking, get_config().browse_url)
-    create_markdown_artifact(summary, key=f"summary-{_key_for(run_id)}", description=f"Best image per prompt, run {run_id}")
+    create_markdown_artifact(summary, key=f"summary-{artifact_key(run_id)}", description=f"Best image per prompt, run {run_id}")
 
 
 def _summary(store: ObjectStore, run_id: str, index: RunIndex, ranking: Ranking, browse: str | None) -> str:

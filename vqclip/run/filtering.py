@@ -82,13 +82,13 @@ def label_run(
     log: logging.Logger | logging.LoggerAdapter,
 ) -> tuple[dict[str, ItemRecord], FilterReport | None]:
     """Label each scored image of `records` by `spec` (None: clear every label) and write the report; return the records as now stored."""
-    updated = dict(records)
+    run, updated = RunStore(store, run_id), dict(records)
     by_scorer: dict[str, list[ItemRecord]] = defaultdict(list)
     for record in records.values():
         if spec is not None and record.scorer is not None and record.score is not None:
             by_scorer[record.scorer].append(record)
         elif record.filter is not None:  # no filter now, or an image no scorer can label: no mark from an older filter
-            updated[record.item_id] = _rewrite(store, run_id, record.model_copy(update={"filter": None}))
+            updated[record.item_id] = run.write_record(record.model_copy(update={"filter": None}))
     if spec is None:
         store.delete(layout.filter_report_key(run_id))
         store.delete(layout.filter_markdown_key(run_id))
@@ -102,7 +102,7 @@ def label_run(
         for record, row in zip(group, probs):
             label = decide(spec, row)
             if record.filter != label:
-                updated[record.item_id] = _rewrite(store, run_id, record.model_copy(update={"filter": label}))
+                updated[record.item_id] = run.write_record(record.model_copy(update={"filter": label}))
     labelled = [r for r in updated.values() if r.filter is not None and r.filter.labels_version == spec.version]
     counts: dict[str, int] = defaultdict(int)
     for record in labelled:
@@ -131,11 +131,6 @@ def label_run(
     store.put_bytes(layout.filter_markdown_key(run_id), report.markdown().encode(), content_type="text/markdown; charset=utf-8")
     log.info("run %s: %d of %d images filtered out by zero-shot labels", run_id, len(report.filtered), len(labelled))
     return updated, report
-
-
-def _rewrite(store: ObjectStore, run_id: str, record: ItemRecord) -> ItemRecord:
-    RunStore(store, run_id).write_record(record)
-    return record
 
 
 def relabelled_index(index: RunIndex, records: dict[str, ItemRecord], ranking: Ranking) -> RunIndex:

@@ -30,8 +30,9 @@ def write_outputs(store: ObjectStore, run_id: str, records: dict[str, ItemRecord
         buffer = io.BytesIO()
         sheet = contact_sheet(thumbs, f"{prompt.prompt_id}: {prompt.prompt}", any(i.item_id in untrained for i in prompt.images))
         sheet.save(buffer, format="PNG")
-        sheets.add(layout.sheet_key(run_id, prompt.prompt_id))
-        store.put_bytes(layout.sheet_key(run_id, prompt.prompt_id), buffer.getvalue(), content_type="image/png")
+        key = layout.sheet_key(run_id, prompt.prompt_id)
+        sheets.add(key)
+        store.put_bytes(key, buffer.getvalue(), content_type="image/png")
     for key in store.list(layout.sheets_prefix(run_id)):
         if key not in sheets:
             store.delete(key)  # a prompt whose every image is now filtered out

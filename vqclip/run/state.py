@@ -117,9 +117,10 @@ class RunStore:
         self.write_record(record)
         return record
 
-    def write_record(self, record: ItemRecord) -> None:
-        """Write (or rewrite, e.g. with a score) an item's sidecar."""
+    def write_record(self, record: ItemRecord) -> ItemRecord:
+        """Write (or rewrite, e.g. with a score) an item's sidecar; return it."""
         put_json(self.store, layout.sidecar_key(self.run_id, record.item_id), record)
+        return record
 
     def load_index(self) -> RunIndex:
         """The run's index, or a clear error when the run does not exist in this store."""
