@@ -26,10 +26,10 @@ os.environ.update(
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-from tests.manifests import CAT, DOG  # noqa: E402
-from tests.runs import MANIFEST  # noqa: E402
+from tests.helpers.manifests import CAT, DOG  # noqa: E402
+from tests.helpers.runs import MANIFEST  # noqa: E402
 
-pytest_plugins = ["tests.s3fixtures", "tests.stack_fixtures", "tests.ordering"]
+pytest_plugins = ["tests.helpers.s3", "tests.ordering"]
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +89,7 @@ def folder(tmp_path) -> Path:
 
 @pytest.fixture
 def manifest(tmp_path, prefect_api) -> Path:
-    """The pipeline tests' manifest (tests/runs.py's MANIFEST) in a file, with the session's Prefect API up."""
+    """The pipeline tests' manifest (tests/helpers/runs.py's MANIFEST) in a file, with the session's Prefect API up."""
     path = tmp_path / "batch.yaml"
     path.write_text(MANIFEST)
     return path

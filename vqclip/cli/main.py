@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, get_args
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from vqclip import shutdown
 from vqclip.cli.filter import register as register_filter_command
@@ -52,7 +53,7 @@ def _parse_augments(codes: str) -> tuple[str, ...]:
     return chosen
 
 
-def step_progress(description: str) -> Progress:
+def step_progress() -> Progress:
     """A rich progress bar for optimisation steps."""
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors
@@ -113,7 +114,7 @@ def generate(
             models = load_models(spec, device=device, include_scorer=False)
         # A one-item shard of a throwaway run: the same recovery rules (out-of-memory fallback, NaN
         # restart) and the same PNG metadata as a batch run, for the cost of one file copy.
-        with tempfile.TemporaryDirectory(prefix="vqclip-generate-") as folder, step_progress("steps") as bar:
+        with tempfile.TemporaryDirectory(prefix="vqclip-generate-") as folder, step_progress() as bar:
             run = RunStore(LocalStore(folder), "generate")
             task = bar.add_task(f"generating on {models.device}", total=settings.total_steps)
             outcome = run_shard(
@@ -126,9 +127,9 @@ def generate(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(run.store.get_bytes(record.image_key))
     similarity = ", ".join(f"{v:.3f}" for v in record.guide_similarity.values())
-    console.print(f"wrote [bold]{out}[/] ({width}x{height}, seed {seed}, guide similarity {similarity})")
+    console.print(Text.assemble("wrote ", (str(out), "bold"), f" ({width}x{height}, seed {seed}, guide similarity {similarity})"))
     if spec.synthetic:
-        console.print(f"[yellow]preset {preset} has untrained random weights: the image is a smoke test, not art[/]")
+        console.print(f"preset {preset} has untrained random weights: the image is a smoke test, not art", style="yellow")
 
 
 @app.command("models")
@@ -295,7 +296,7 @@ def _run(manifest: str, storage: str, run_id: str, preset: Optional[str], plan: 
         store = open_store(storage)
     resume = resume_command(manifest, storage, run_id)
     _exit_if_stopped(run_id, resume)
-    console.print(f"run [bold]{run_id}[/]: {len(items)} images into {store.url(layout.run_prefix(run_id))}", soft_wrap=True, highlight=False)
+    console.print(Text.assemble("run ", (run_id, "bold"), f": {len(items)} images into {store.url(layout.run_prefix(run_id))}"), soft_wrap=True, highlight=False)
     # Models build on a thread while the API server finishes booting; a resumed run preloads only
     # for items without a sidecar yet.
     with user_errors():
@@ -328,7 +329,7 @@ def _run(manifest: str, storage: str, run_id: str, preset: Optional[str], plan: 
         # Bad input, missing weights or refused credentials fail the same way again: no resume hint.
         permanent = is_permanent(state.result(raise_on_failure=False))
         hint = "" if permanent or resume in (state.message or "") else f" Resume with: {resume}"
-        errors.print(f"[bold red]error:[/] run {run_id} did not finish: {state.message}{hint}", highlight=False, soft_wrap=True)
+        errors.print(Text.assemble(("error:", "bold red"), f" run {run_id} did not finish: {state.message}{hint}"), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"all {len(items)} images done; gallery: {store.url(layout.gallery_key(run_id))}", soft_wrap=True, highlight=False)
 
@@ -338,7 +339,7 @@ def _exit_if_stopped(run_id: str, resume: str) -> None:
     if shutdown.requested():
         name = signal.Signals(shutdown.first_signal()).name
         errors.print(
-            f"[bold yellow]stopped:[/] run {run_id} stopped by {name}; its finished images are stored. Resume with: {resume}",
+            Text.assemble(("stopped:", "bold yellow"), f" run {run_id} stopped by {name}; its finished images are stored. Resume with: {resume}"),
             highlight=False,
             soft_wrap=True,
         )
@@ -388,7 +389,7 @@ def submit(
             if store.exists(key):
                 raise VqclipError(f"{store.url(key)} is already waiting in the inbox; rename the file to submit it again")
         store.put_bytes(key, data)
-    console.print(f"uploaded {len(items)} images' manifest to [bold]{store.url(key)}[/]")
+    console.print(Text.assemble(f"uploaded {len(items)} images' manifest to ", (store.url(key), "bold")))
     if now:
         from prefect.deployments import run_deployment
         from prefect.settings import PREFECT_UI_URL
@@ -416,7 +417,11 @@ def serve(
     with user_errors():
         store = open_store(storage or get_config().storage)
         server = make_server(store, host, port)
-    console.print(f"serving {store.url()} read-only at [bold]{server.url}/[/] (VQCLIP_BROWSE_URL={server.url} links the UI's artifacts here); Ctrl-C stops")
+    console.print(
+        Text.assemble(
+            f"serving {store.url()} read-only at ", (f"{server.url}/", "bold"), f" (VQCLIP_BROWSE_URL={server.url} links the UI's artifacts here); Ctrl-C stops"
+        )
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,4 +1,8 @@
-"""How the command line speaks to the user: its consoles, and vqclip errors as one-line messages."""
+"""How the command line speaks to the user: its consoles, and vqclip errors as one-line messages.
+
+Both consoles print text as it is, without rich's markup: prompts, labels, paths and error messages
+come from users and may hold square brackets. Styled words are rich `Text` spans instead.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from vqclip.errors import VqclipError
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 # Set by the `--debug` option before any command runs.
 options = {"debug": False}
 
@@ -24,5 +29,5 @@ def user_errors() -> Iterator[None]:
     except VqclipError as exc:
         if options["debug"]:
             raise
-        errors.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        errors.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

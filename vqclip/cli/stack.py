@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from vqclip.cli.output import console, user_errors
 from vqclip.stack.control import DEFAULT_STATE_DIR, ENV_FILE
@@ -24,13 +25,13 @@ def up(
         state = start_stack(state_dir, gpu_workers=gpu_workers, report=lambda step: status.update(step))
     env_file = Path(state.state_dir) / ENV_FILE
     gpu = ", ".join(f"gpu-{n}" for n in range(1, gpu_workers + 1))
-    console.print(f"Prefect UI  [bold]{state.ui_url}[/]")
-    console.print(f"storage     [bold]{state.storage}[/] (SeaweedFS S3 at {state.s3_endpoint_url})")
-    console.print(f"browse      [bold]{state.browse_url}/[/] (read-only: runs, galleries, images; the UI's artifacts link here)")
+    console.print(Text.assemble("Prefect UI  ", (state.ui_url, "bold")))
+    console.print(Text.assemble("storage     ", (state.storage, "bold"), f" (SeaweedFS S3 at {state.s3_endpoint_url})"))
+    console.print(Text.assemble("browse      ", (f"{state.browse_url}/", "bold"), " (read-only: runs, galleries, images; the UI's artifacts link here)"))
     console.print(f"workers     cpu-1 on pool cpu; {gpu} on pool gpu")
     console.print(f"logs, pids  {state.state_dir}; a supervisor restarts any piece that dies (`vqclip status`)", highlight=False)
     console.print(f"UI login    the PREFECT_API_AUTH_STRING in {env_file}", highlight=False)
-    console.print(f"\nTo submit manifests from a shell, [bold]. {env_file}[/] (owner-only; it holds the S3 secret), which sets:")
+    console.print(Text.assemble("\nTo submit manifests from a shell, ", (f". {env_file}", "bold"), " (owner-only; it holds the S3 secret), which sets:"))
     for name, value in state.client_env().items():
         shown = f"(in {env_file})" if name in _SECRETS else value
         console.print(f"  export {name}={shown}", highlight=False, soft_wrap=True)
@@ -67,11 +68,11 @@ def status(
     for column in ("piece", "pid", "state", "restarts", "since", "log"):
         table.add_column(column)
     for piece in health.pieces:
-        shown = "[green]running[/]" if piece.running else "[red]down[/]"
+        shown = Text("running", style="green") if piece.running else Text("down", style="red")
         table.add_row(piece.name, str(piece.pid), shown, str(piece.restarts), piece.since, piece.log)
     console.print(table)
     for check, ok in health.checks.items():
-        console.print(f"{'[green]ok[/]  ' if ok else '[red]FAIL[/]'} {check}", highlight=False)
+        console.print(Text.assemble(("ok  ", "green") if ok else ("FAIL", "red"), f" {check}"), highlight=False)
     if not health.healthy:
         raise typer.Exit(1)
 

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from vqclip.stack.seaweedfs import ensure_grpc_certificates, free_admin_ports, weed_binary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY, SECRET = "vqcomposekey", "vqcomposesecret0"
 
 

@@ -22,8 +22,8 @@ from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.manifests import case
-from tests.test_search import SCORER_B, cpu_scorer
+from tests.helpers.manifests import case
+from tests.helpers.scorers import SCORER_B, cpu_scorer
 from vqclip.cli.main import app
 from vqclip.config import Config
 from vqclip.engine.generate import GenerationResult

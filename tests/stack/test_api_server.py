@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import processes_with
-from tests.runs import TINY_RUN
+from tests.helpers.processes import processes_with
+from tests.helpers.runs import TINY_RUN
 from vqclip.stack import api_server
 from vqclip.stack.api_server import ApiServerError, TemporaryApiServer, temporary_api_server
 from vqclip.stack.processes import free_ports

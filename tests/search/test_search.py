@@ -6,7 +6,6 @@ the CPU), on a local folder and on a real SeaweedFS bucket; one batch flow run c
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 
@@ -15,12 +14,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.helpers.scorers import SCORER_A, SCORER_B, cpu_scorer
 from vqclip.cli.main import app
 from vqclip.engine.generate import GenerationResult
 from vqclip.engine.score import embed_images
 from vqclip.items import GenerationSettings, WorkItem
 from vqclip.media.png import decode_image
-from vqclip.models.loader import load_scorer
 from vqclip.models.presets import models_for_preset
 from vqclip.run import layout
 from vqclip.run.embeddings import load_embeddings
@@ -31,13 +30,7 @@ from vqclip.search.index import EmbeddingIndex, add_run
 from vqclip.search.query import search
 from vqclip.storage import open_store
 
-SCORER_A, SCORER_B = "tiny-clip-a/random", "tiny-clip-b/random"
 LOG = logging.getLogger("tests.search")
-
-
-@functools.cache
-def cpu_scorer(name: str):
-    return load_scorer(name, device="cpu")
 
 
 @pytest.fixture(params=["local", "s3"])

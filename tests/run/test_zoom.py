@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.processes import kill_once_stored
+from tests.helpers.processes import kill_once_stored
 from vqclip import shutdown
 from vqclip.config import Config
 from vqclip.errors import Interrupted, ManifestError

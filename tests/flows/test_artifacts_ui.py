@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.batch import batch_generate
-from tests.chromium import CHROMIUM, Browser
+from tests.helpers.chromium import CHROMIUM, Browser
 from vqclip.browse import make_server
 from vqclip.config import get_config
 from vqclip.media.png import decode_image

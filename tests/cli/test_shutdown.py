@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.processes import processes_with
-from tests.runs import TINY_RUN, files_under
+from tests.helpers.processes import processes_with
+from tests.helpers.runs import TINY_RUN, files_under
 from vqclip.manifest import load_manifest_file
 
 ITEMS = 3

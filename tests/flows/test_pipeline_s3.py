@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import batch_generate
 from tasks import generation
-from tests.runs import ITEMS, MANIFEST, check_complete_run, item_ids
+from tests.helpers.runs import ITEMS, MANIFEST, check_complete_run, item_ids
 from vqclip.manifest import load_manifest
 from vqclip.run import layout
 from vqclip.storage import S3Store, open_store

@@ -1,4 +1,4 @@
-"""The batch flow on Prefect's ephemeral API into a local folder: outputs agree, re-runs resume, faults heal (run_shard's own rules: tests/test_shard.py)."""
+"""The batch flow on Prefect's ephemeral API into a local folder: outputs agree, re-runs resume, faults heal (run_shard's own rules: tests/run/test_shard.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import batch_generate
 from tasks import generation
-from tests.runs import ITEMS, check_complete_run
+from tests.helpers.runs import ITEMS, check_complete_run
 from vqclip.media.png import read_png_metadata
 from vqclip.run import layout, shard
 from vqclip.run.records import ItemRecord, Ranking, RunIndex

@@ -1,4 +1,4 @@
-"""A session fixture for the local scale-out stack (vqclip/stack/control.py): a real Prefect server, SeaweedFS and workers."""
+"""The local scale-out stack (vqclip/stack/control.py) for this folder's tests: a real Prefect server, SeaweedFS and workers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from vqclip.stack.control import StackState, start_stack, stop_stack
-from vqclip.stack.processes import log_tail
 
 GPU_WORKERS = 2
 
@@ -25,8 +24,3 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState
         yield state
     finally:
         stop_stack(state_dir)
-
-
-def stack_logs(state: StackState, lines: int = 25) -> str:
-    """The tail of every stack process's log, for failure messages."""
-    return "\n".join(f"--- {record.name} ({record.log})\n{log_tail(record.log, lines)}" for record in state.processes)

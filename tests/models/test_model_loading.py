@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tests.weights_server import WeightServer
+from tests.helpers.weights_server import WeightServer
 from vqclip.errors import ModelError
 from vqclip.models import catalog, loader
 from vqclip.models.catalog import RemoteFile, VqganSpec

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine import FEW_STEPS, SETTINGS, item, pixels
+from tests.helpers.engine import FEW_STEPS, SETTINGS, item, pixels
 from vqclip.config import Config
 from vqclip.engine.acceleration import Accelerated
 from vqclip.engine.generate import generate

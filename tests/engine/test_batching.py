@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine import item
+from tests.helpers.engine import item
 from vqclip.config import Config
 from vqclip.engine.batching import batches, engine_batch_size, fit_batch, measure_batch_memory
 

@@ -31,9 +31,9 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from flows.lineage import RESUMED_TAG
-from tests.chromium import CHROMIUM, Browser
-from tests.runs import check_complete_run, item_ids
-from tests.stack_fixtures import stack_logs
+from tests.helpers.chromium import CHROMIUM, Browser
+from tests.helpers.runs import check_complete_run, item_ids
+from tests.helpers.stack import stack_logs
 from vqclip.config import get_config
 from vqclip.run import layout
 from vqclip.stack.control import (

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.manifests import BAD, CAT, DOG, STORED, png
+from tests.helpers.manifests import BAD, CAT, DOG, STORED, png
 from vqclip.cli.main import app
 from vqclip.config import Config, get_config
 from vqclip.errors import ManifestError, ObjectNotFound
@@ -28,7 +28,7 @@ from vqclip.models.presets import models_for_preset
 from vqclip.prompts import WeightedPrompt
 from vqclip.storage import open_store
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_FILES = ["quickstart.yaml", "prompts.json", "prompts.jsonl", "prompts.csv", "story.yaml"]
 
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from tests.manifests import BAD
-from tests.processes import kill_once_stored
-from tests.runs import TINY_RUN, files_under
+from tests.helpers.manifests import BAD
+from tests.helpers.processes import kill_once_stored
+from tests.helpers.runs import TINY_RUN, files_under
 from vqclip.cli.main import app
 from vqclip.config import get_config
 from vqclip.manifest import load_manifest_file

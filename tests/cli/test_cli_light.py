@@ -16,7 +16,7 @@ from vqclip.run.records import IndexEntry, PromptRanking, RankedImage, Ranking, 
 from vqclip.run.state import put_json
 from vqclip.storage import LocalStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "open_clip", "taming", "prefect", "vqclip.stack.api_server")
 RUN_ID = "quickstart-20261130-120000-abc123"
 # Runs one command as `vqclip` does, then writes the names of every module it imported to the file named last.
@@ -148,3 +148,15 @@ def test_short_ascii_text_never_has_more_clip_tokens_than_characters(text):
     from vqclip.prompts import token_count
 
     assert token_count(text) <= len(text)
+
+
+def test_square_brackets_in_prompts_and_errors_are_printed_as_written(tmp_path):
+    manifest = tmp_path / "brackets.yaml"
+    manifest.write_text('prompts:\n  - text: "a [bold]castle[/bold] in [red] fog"\n    n: 1\n')
+    done, _ = vqclip(tmp_path, "validate", str(manifest), "--preset", "tiny", columns=200)
+    assert done.returncode == 0, done.stderr
+    assert "a [bold]castle[/bold] in [red] fog" in done.stdout
+    manifest.write_text('prompts:\n  - text: a fox\n    vqgan: "[red]nope"\n')
+    done, _ = vqclip(tmp_path, "validate", str(manifest), columns=200)
+    assert done.returncode == 1
+    assert "unknown VQGAN '[red]nope'" in done.stderr

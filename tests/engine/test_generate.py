@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine import FEW_STEPS, SETTINGS, item, pixels
+from tests.helpers.engine import FEW_STEPS, SETTINGS, item, pixels
 from vqclip.engine import generate as generate_module
 from vqclip.engine.generate import OPTIMISERS, generate, noise_embedding, prompt_loss
 from vqclip.items import GenerationSettings, ImagePrompt, NoisePrompt, WorkItem

@@ -132,7 +132,7 @@ def test_records_written_by_another_process_reach_a_reader_here_while_the_shard_
     writer = textwrap.dedent(
         f"""
         import logging, time
-        from tests.test_progress import RUN, make_items
+        from tests.run.test_progress import RUN, make_items
         from vqclip.run.progress import ProgressRecorder, ShardTracker
         from vqclip.storage.local import LocalStore
 
@@ -144,7 +144,7 @@ def test_records_written_by_another_process_reach_a_reader_here_while_the_shard_
                 time.sleep(0.02)
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", writer], cwd=Path(__file__).parent.parent)
+    process = subprocess.Popen([sys.executable, "-c", writer], cwd=Path(__file__).parents[2])
     reader = RunProgress(store, RUN, [items], every=0)
     seen = set()
     while process.poll() is None:
