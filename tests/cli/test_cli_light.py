@@ -160,3 +160,13 @@ def test_square_brackets_in_prompts_and_errors_are_printed_as_written(tmp_path):
     done, _ = vqclip(tmp_path, "validate", str(manifest), columns=200)
     assert done.returncode == 1
     assert "unknown VQGAN '[red]nope'" in done.stderr
+
+
+def test_validate_names_the_zero_shot_filter_a_run_will_apply(tmp_path):
+    manifest = tmp_path / "filtered.yaml"
+    manifest.write_text("filter: {labels: [a photo, text], reject: [text], threshold: 0.6}\nprompts:\n  - text: a fox\n")
+    done, _ = vqclip(tmp_path, "validate", str(manifest), "--preset", "tiny", columns=200)
+    assert done.returncode == 0, done.stderr
+    assert "zero-shot filter: labels a photo, text; filtered out when labelled text; or reject labels' probability over 0.6" in done.stdout
+    done, _ = vqclip(tmp_path, "validate", "examples/quickstart-tiny.yaml", columns=200)
+    assert "zero-shot filter" not in done.stdout

@@ -217,6 +217,10 @@ def validate(
     for row in plan["prompts"]:
         table.add_row(row["prompt_id"] + ": " + row["prompt"], str(row["images"]), row["size"], str(row["steps"]), row["models"])
     console.print(table)
+    spec = parsed.filter
+    if spec is not None:
+        threshold = f"; or reject labels' probability over {spec.threshold}" if spec.threshold is not None else ""
+        console.print(f"zero-shot filter: labels {', '.join(spec.labels)}; filtered out when labelled {', '.join(spec.reject)}{threshold}", soft_wrap=True)
 
 
 def _print_summary(storage: str, run_id: str) -> None:
