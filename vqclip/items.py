@@ -66,17 +66,17 @@ class GenerationSettings(BaseModel):
     height: int = Field(256, gt=0, description="Image height in pixels (a multiple of the VQGAN factor).")
     steps: int = Field(300, gt=0, description="Optimisation steps.")
     cutouts: int = Field(32, gt=0, le=256, description="Random cutouts CLIP sees per step.")
-    cut_pow: float = Field(1.0, gt=0, description="Cutout size exponent; above 1 favours small cutouts.")
-    lr: float = Field(0.1, gt=0, description="Learning rate.")
+    cut_pow: float = Field(1.0, gt=0, le=10, description="Cutout size exponent; above 1 favours small cutouts.")
+    lr: float = Field(0.1, gt=0, le=10, description="Learning rate.")
     optimizer: Optimizer = Field("adam", description="Optimiser of the latent: adam, adamw, adagrad, adamax, nadam, radam or rmsprop.")
     augment: bool = Field(True, description="Flip, rotate, scale and shift cutouts (the vqclip cut method).")
     cut_method: CutMethod = Field("vqclip", description="vqclip (this engine's), or the reference's latest, original, updated, nrupdated or updatedpooling.")
     augments: tuple[AugmentCode, ...] = Field(REFERENCE_AUGMENTS, description="Augmentations of the latest and nrupdated cut methods, in order, by the reference's codes.")
-    noise_fac: float = Field(0.1, ge=0, description="Largest std of the noise added to cutouts.")
+    noise_fac: float = Field(0.1, ge=0, le=10, description="Largest std of the noise added to cutouts.")
     init: Literal["tokens", "noise", "gradient"] = Field(
         "tokens", description="Start from random codes, pixel noise or a random colour gradient (the last two through the VQGAN's encoder and quantiser)."
     )
-    init_weight: float = Field(0.0, ge=0, description="Weight of the pull on the latent (see init_weight_mode).")
+    init_weight: float = Field(0.0, ge=0, le=1000, description="Weight of the pull on the latent (see init_weight_mode).")
     init_weight_mode: Literal["constant", "reference"] = Field(
         "constant",
         description="constant: pull towards the initial latent with init_weight; reference: pull towards zero with init_weight / (2 step + 1), as the reference scripts do.",

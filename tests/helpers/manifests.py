@@ -28,6 +28,24 @@ def case(case_id: str, content: str | bytes, expected: str, name: str = "m.yaml"
 
 BAD = [
     case(
+        "unpaired surrogate in JSON",
+        '{"prompts": [{"text": "a fox"},\n  {"text": "a \\ud800 cat"}]}',
+        "m.json:2: an escape (\\ud800) stands for half of a UTF-16 pair",
+        name="m.json",
+    ),
+    case("unpaired surrogate in YAML", 'prompts:\n  - "a fox \\udc00"\n', "m.yaml:2: an escape (\\udc00) stands for half of a UTF-16 pair"),
+    case("learning rate too high", "prompts:\n  - text: a fox\n    lr: 1e308\n", "m.yaml:3: prompts[0].lr: Input should be less than or equal to 10"),
+    case("cut_pow too high", "defaults:\n  cut_pow: 1e9\nprompts: [a fox]\n", "m.yaml:2: defaults.cut_pow: Input should be less than or equal to 10"),
+    case("init_weight too high", "prompts:\n  - {text: a fox, init_weight: 1e6}\n", "m.yaml:2: prompts[0].init_weight: Input should be less than or equal to 1000"),
+    # Counts far over the limit are refused at once, not expanded first (a billion seeds derived, or
+    # every seed of a long list compared with every other, took minutes).
+    case("a billion images", "prompts:\n  - {text: a fox, n: 1000000000}\n", "m.yaml:2: prompts[0].n: 1000000000 images per prompt, more than the 64 allowed"),
+    case(
+        "a hundred thousand seeds",
+        "prompts:\n  - text: a fox\n    seeds: [" + ", ".join(map(str, range(100_000))) + "]\n",
+        "m.yaml:3: prompts[0].seeds: 100000 images per prompt, more than the 64 allowed",
+    ),
+    case(
         "wrong type",
         "prompts:\n  - text: a fox\n    steps: many\n",
         "m.yaml:3: prompts[0].steps: Input should be a valid integer",

@@ -74,6 +74,13 @@ def test_bad_manifest_is_reported_precisely(folder, name, content, expected, lim
     assert message.startswith(name)
 
 
+def test_an_escaped_utf16_pair_is_the_character_it_stands_for():
+    yaml_text = 'prompts:\n  - "a fox \\ud83e\\udd8a"\n'
+    json_text = '{"prompts": ["a fox \\ud83e\\udd8a"]}'
+    assert load(yaml_text).prompts[0].text == "a fox \N{FOX FACE}"
+    assert load_manifest(json_text.encode(), "m.json", preset="tiny").prompts[0].text == "a fox \N{FOX FACE}"
+
+
 def test_unknown_preset_override():
     assert "m.yaml: preset override: unknown preset 'huge'" in error_of("prompts: [a fox]\n", preset="huge")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -204,7 +205,7 @@ class _Validator:
 
     def _seeds(self, entry: PromptEntry, defaults: Defaults | None, prompt_id: str, path: FieldPath) -> tuple[int, ...]:
         if entry.seeds is not None:
-            repeated = sorted({seed for seed in entry.seeds if entry.seeds.count(seed) > 1})
+            repeated = sorted(seed for seed, count in Counter(entry.seeds).items() if count > 1)
             if repeated:
                 self.add(f"seed {repeated[0]} appears more than once; a prompt's seeds must differ", *path, "seeds")
             if entry.n is not None and entry.n != len(entry.seeds):
@@ -214,7 +215,9 @@ class _Validator:
                 self.add(self._too_many_images(len(entry.seeds)), *path, "seeds")
             return tuple(entry.seeds)
         base = _pick("seed", entry, defaults) or 0
-        return tuple(derive_seed(base, prompt_id, i) for i in range(_pick("n", entry, defaults) or 1))
+        # An n over the limit is already a problem (_check_limits): derive no more seeds than allowed.
+        count = min(_pick("n", entry, defaults) or 1, self.config.max_images_per_prompt)
+        return tuple(derive_seed(base, prompt_id, i) for i in range(count))
 
     def _too_many_images(self, n: int) -> str:
         return _over_limit(n, "images per prompt", self.config.max_images_per_prompt, "MAX_IMAGES_PER_PROMPT")
