@@ -79,6 +79,10 @@ class Config(BaseSettings):
         3, gt=0, description="Runs of one batch, the first and automatic resumes after its process was lost, before "
         "the reconciler marks it Failed (scale-out only)."
     )
+    zombie_after_s: float = Field(
+        75.0, gt=0, description="Seconds after a flow run's last heartbeat (one every 30 s) before the zombie-run "
+        "automation marks it Crashed (read where it is installed: `vqclip up`, docker/init.sh); at least 40."
+    )
     max_prompts: int = Field(1000, gt=0, description="Prompts allowed in one manifest.")
     max_images_per_prompt: int = Field(64, gt=0, description="Images allowed per prompt.")
     max_side: int = Field(1024, gt=0, description="Largest width or height in pixels.")

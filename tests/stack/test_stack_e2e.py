@@ -33,7 +33,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from flows.lineage import RESUMED_TAG
 from tests.helpers.chromium import CHROMIUM, Browser
 from tests.helpers.runs import check_complete_run, item_ids
-from tests.helpers.stack import stack_logs
+from tests.helpers.stack import ZOMBIE_AFTER_S, stack_logs
 from vqclip.config import get_config
 from vqclip.run import layout
 from vqclip.stack.control import (
@@ -60,7 +60,7 @@ prompts:
 """
 ITEMS = 4
 RUN_TIMEOUT_S = 240.0
-# Killed flow runs are marked Crashed ZOMBIE_WITHIN_S (75) after their last heartbeat, plus up to 5 s of
+# Killed flow runs are marked Crashed ZOMBIE_AFTER_S after their last heartbeat, plus up to 5 s of
 # trigger evaluation; the re-dispatched shard then needs a worker poll, a process start and the steps.
 FAULT_RUN_TIMEOUT_S = 330.0
 
@@ -200,7 +200,7 @@ def test_submitted_manifest_is_claimed_and_generated_across_both_gpu_workers(sta
     assert batch.parameters["shard_deployment"] == "generate-shard/generate-shard"
     assert batch.parameters["manifest"] == f"{stack.storage}/{layout.CLAIMED}{run_id}.yaml"
 
-    done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), RUN_TIMEOUT_S, stack, every=2)
+    done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), RUN_TIMEOUT_S, stack)
     elapsed = time.monotonic() - started
     assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
     assert worker_of(done) == "cpu-1" and done.work_pool_name == "cpu"
@@ -236,6 +236,7 @@ def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: St
     with prefect_client(stack) as client:
         (automation,) = client.read_automations_by_name(zombie_automation().name)
     assert automation.enabled and automation.trigger.posture == "Proactive"
+    assert automation.trigger.within == timedelta(seconds=ZOMBIE_AFTER_S)
 
     manifest = tmp_path / "e2e-fault.yaml"
     manifest.write_text(MANIFEST.format(name="fault", steps=120))
@@ -263,7 +264,7 @@ def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: St
     wait_until("the killed processes to be gone", lambda: True if not (is_alive(worker.pid) or is_alive(flow_pid)) else None, 10, stack, 0.1)
     shard = victim.parameters["shard"]
 
-    done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), FAULT_RUN_TIMEOUT_S, stack, every=2)
+    done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), FAULT_RUN_TIMEOUT_S, stack)
     elapsed = time.monotonic() - started
     assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
 
@@ -314,7 +315,7 @@ def test_ui_shows_the_batch_run_and_its_ranking_table(stack: StackState, tmp_pat
         assert match
         run_id = match.group(1)
         (batch,) = flow_runs(stack, "batch-generate", run_id)
-        done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), RUN_TIMEOUT_S, stack, every=2)
+        done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), RUN_TIMEOUT_S, stack)
         assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
         flow_run_id = batch.id
 
@@ -405,7 +406,7 @@ def test_a_lost_batch_run_is_resumed_and_completes_without_anyone(stack: StackSt
     os.killpg(batch_pid, signal.SIGKILL)
     killed_at = time.monotonic()
 
-    done = wait_until(f"a batch run of {run_id} to complete", lambda: completed_batch(stack, run_id), FAULT_RUN_TIMEOUT_S, stack, every=3)
+    done = wait_until(f"a batch run of {run_id} to complete", lambda: completed_batch(stack, run_id), FAULT_RUN_TIMEOUT_S, stack)
     lost = read_flow_run(stack, batch.id)
     assert lost.state.type == StateType.CRASHED and RESUMED_TAG in lost.tags, (lost.state, lost.tags)
     assert done.idempotency_key == f"resume-{batch.id}" and done.parameters == {**batch.parameters, "run_id": run_id}
@@ -429,7 +430,7 @@ def test_down_mid_run_then_up_finishes_the_run(stack: StackState, tmp_path: Path
     state = start_stack(stack.state_dir, gpu_workers=2)
     assert read_flow_run(state, batch.id).state.type == StateType.CRASHED
 
-    done = wait_until(f"a batch run of {run_id} to complete", lambda: completed_batch(state, run_id), 300, state, every=3)
+    done = wait_until(f"a batch run of {run_id} to complete", lambda: completed_batch(state, run_id), 300, state)
     elapsed = time.monotonic() - stopped_at
     assert elapsed < 300 and done.idempotency_key == f"resume-{batch.id}"
     store = open_store(state.storage)

@@ -35,6 +35,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from vqclip.config import get_config
 from vqclip.stack.processes import (
     ProcessRecord,
     StackError,
@@ -66,9 +67,10 @@ CPU_POOL, GPU_POOL = "cpu", "gpu"
 PREFECT_FILE = Path("deployments") / "prefect.yaml"
 SHARD_DEPLOYMENT = "generate-shard/generate-shard"
 # Flow runs send a heartbeat every HEARTBEAT_S (Prefect's minimum is 30); a run that sent one and
-# then neither another nor a terminal state within ZOMBIE_WITHIN_S is marked Crashed.
+# then neither another nor a terminal state within VQCLIP_ZOMBIE_AFTER_S is marked Crashed. The window
+# must leave a late heartbeat HEARTBEAT_SLACK_S, or healthy runs on a busy machine are marked Crashed.
 HEARTBEAT_S = 30
-ZOMBIE_WITHIN_S = 75
+HEARTBEAT_SLACK_S = 10
 ZOMBIE_AUTOMATION = "vqclip-crash-zombie-flow-runs"
 RECONCILE_AUTOMATION = "vqclip-reconcile-crashed-runs"
 RECONCILE_DEPLOYMENT = "reconcile-runs/reconcile-runs"
@@ -310,19 +312,32 @@ def _run_shards_on_any_device(state: StackState) -> None:
             client.update_deployment(deployment.id, DeploymentUpdate(job_variables=variables))
 
 
+def zombie_window_s() -> float:
+    """The zombie-run automation's window (VQCLIP_ZOMBIE_AFTER_S), checked against the workers' heartbeat."""
+    window, shortest = get_config().zombie_after_s, HEARTBEAT_S + HEARTBEAT_SLACK_S
+    if window < shortest:
+        raise StackError(
+            f"VQCLIP_ZOMBIE_AFTER_S={window:g} is too short: flow runs send a heartbeat every {HEARTBEAT_S} s (Prefect's "
+            f"minimum), so a window under {shortest} s marks healthy runs Crashed; set VQCLIP_ZOMBIE_AFTER_S to {shortest} "
+            f"or more (default 75), or unset it"
+        )
+    return window
+
+
 def zombie_automation() -> AutomationCore:
     """The automation that marks a flow run Crashed when its heartbeats stop (its worker or machine died).
 
     Prefect's recipe for zombie flow runs: after a `prefect.flow-run.heartbeat`, expect another
-    heartbeat or a terminal state within ZOMBIE_WITHIN_S; if none comes, change the run to CRASHED.
+    heartbeat or a terminal state within zombie_window_s(); if none comes, change the run to CRASHED.
     """
     from prefect.automations import AutomationCore, ChangeFlowRunState, EventTrigger, Posture
     from prefect.client.schemas.objects import StateType
 
+    window = zombie_window_s()
     terminal = {f"prefect.flow-run.{name}" for name in ("Completed", "Failed", "Cancelled", "Crashed")}
     return AutomationCore(
         name=ZOMBIE_AUTOMATION,
-        description=f"Mark a flow run Crashed when no heartbeat or terminal state follows its last heartbeat within {ZOMBIE_WITHIN_S} s.",
+        description=f"Mark a flow run Crashed when no heartbeat or terminal state follows its last heartbeat within {window:g} s.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             after={"prefect.flow-run.heartbeat"},
@@ -330,9 +345,9 @@ def zombie_automation() -> AutomationCore:
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=ZOMBIE_WITHIN_S),
+            within=timedelta(seconds=window),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"No heartbeat for {ZOMBIE_WITHIN_S} s: the flow-run process or its worker is gone.")],
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"No heartbeat for {window:g} s: the flow-run process or its worker is gone.")],
     )
 
 
@@ -447,6 +462,7 @@ def start_stack(
     """Start the whole stack and return its state (also saved in `state_dir`); on any failure stop what started."""
     if gpu_workers < 1:
         raise StackError("a stack needs at least one gpu worker")
+    zombie_window_s()  # a bad window fails before anything starts
     state_dir = Path(state_dir).resolve()
     project_dir = Path(project_dir).resolve() if project_dir else default_project_dir()
     previous = load_state(state_dir)
