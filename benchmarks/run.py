@@ -1,6 +1,6 @@
 """The benchmark harness: engine throughput, memory, model load, orchestration overhead, scoring.
 
-    python -m benchmarks.run [--device cpu|cuda] [--quick] [--json FILE] [--markdown FILE] [--only S,S] [--compile]
+    python -m benchmarks.run [--device cpu|cuda] [--quick] [--json FILE] [--markdown FILE] [--only S,S] [--compile] [--orchestration 30x5]
 
 Every figure is the median of several timed steps after a warm-up, measured side by side in this one
 run; ratios compare against sequential batch-1 fp32 of the same run (on CUDA: strict fp32, TF32 and
@@ -211,7 +211,7 @@ def model_load(quick: bool, seconds_per_step: float, device: str) -> dict:
     return {"preset": "default", "seconds": seconds, "share_of_4_item_shard": seconds / (seconds + shard)}
 
 
-def orchestration(device: str, quick: bool) -> list[dict]:
+def orchestration(device: str, quick: bool, plan: list[tuple[int, int]]) -> list[dict]:
     """A 16-item tiny manifest through `vqclip run` against the same items through the engine alone.
 
     Both are fresh processes that import, load the models and generate the same items; `vqclip run`
@@ -219,11 +219,12 @@ def orchestration(device: str, quick: bool) -> list[dict]:
     image and sidecar, scores, ranks and writes the reports. At 300 steps per image (the manifests'
     default) and at 30, where the same fixed costs weigh ten times as much. The two run in
     alternating order, pair after pair (a slow minute on a shared machine moves one pair, not the
-    median).
+    median). Each side's fixed cost is the time from starting its process to the end of its first
+    optimisation step (benchmarks.first_step). `plan` lists (steps per image, pairs).
     """
     if importlib.util.find_spec("prefect") is None:
         return [{"note": "not measured: Prefect is not installed in this environment"}]
-    plan = ((5, 1),) if quick else ((300, 3), (30, 5))
+    plan = ((5, 1),) if quick else plan
     return [_orchestration_row(device, steps, pairs) for steps, pairs in plan]
 
 
@@ -236,22 +237,30 @@ def _orchestration_row(device: str, steps: int, pairs: int) -> dict:
     )
     env = {**os.environ, "VQCLIP_DEVICE": device, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     engine, generation, pipeline = [], [], []
+    first_step: dict[str, list[float]] = {"engine": [], "vqclip_run": []}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.yaml"
         path.write_text(manifest)
         items = len(load_manifest_file(path).plan())
 
+        def timed(side: str, *command: str) -> tuple[float, str]:
+            """Run `python -m benchmarks.first_step FILE ...command` fresh; note its first step; return its seconds and stdout."""
+            probe = Path(folder) / f"{side}-first-step"
+            probe.unlink(missing_ok=True)
+            launched, started = time.time(), time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "benchmarks.first_step", str(probe), *command], env=env, check=True, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            first_step[side].append(float(probe.read_text()) - launched)
+            return seconds, done.stdout
+
         def run_engine() -> None:
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "benchmarks.engine_only", str(path), "--device", device], env=env, check=True, capture_output=True, text=True)
-            engine.append(time.perf_counter() - started)
-            generation.append(float(done.stdout.split()[-1]))
+            seconds, printed = timed("engine", "benchmarks.engine_only", str(path), "--device", device)
+            engine.append(seconds)
+            generation.append(float(printed.split()[-1]))
 
         def run_pipeline() -> None:
-            started = time.perf_counter()
-            out = Path(folder) / f"out{len(pipeline)}"
-            subprocess.run([sys.executable, "-m", "vqclip.cli", "run", str(path), "--storage", str(out)], env=env, check=True, capture_output=True)
-            pipeline.append(time.perf_counter() - started)
+            seconds, _ = timed("vqclip_run", "vqclip.cli", "run", str(path), "--storage", str(Path(folder) / f"out{len(pipeline)}"))
+            pipeline.append(seconds)
 
         for pair in range(pairs):
             for measure in (run_engine, run_pipeline) if pair % 2 == 0 else (run_pipeline, run_engine):
@@ -268,6 +277,9 @@ def _orchestration_row(device: str, steps: int, pairs: int) -> dict:
         "overhead": statistics.median(overheads),
         "overhead_per_pair": overheads,
         "overhead_vs_generation_only": statistics.median(run / alone - 1 for run, alone in zip(pipeline, generation)),
+        "engine_first_step_s": statistics.median(first_step["engine"]),
+        "vqclip_run_first_step_s": statistics.median(first_step["vqclip_run"]),
+        "vqclip_run_first_step_per_pair": first_step["vqclip_run"],
     }
 
 
@@ -388,12 +400,26 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def _steps_by_pairs(text: str) -> list[tuple[int, int]]:
+    try:
+        plan = [tuple(int(n) for n in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        plan = []
+    if not plan or any(len(row) != 2 or min(row) < 1 for row in plan):
+        raise argparse.ArgumentTypeError(f"{text!r}: give STEPSxPAIRS, comma-separated, e.g. 300x3,30x5")
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny models and few repetitions (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--markdown", type=Path, help="also append the results to this file as a RESULTS.md entry")
+    parser.add_argument(
+        "--orchestration", type=_steps_by_pairs, default=[(300, 3), (30, 5)], metavar="STEPSxPAIRS,...",
+        help="the orchestration section's steps per image and pairs of runs for each (default 300x3,30x5)",
+    )
     parser.add_argument("--only", help="comma-separated sections to run (engine, flops, quality, memory, cpu_reference, model_load, orchestration, scoring, compile)")
     parser.add_argument("--compile", action="store_true", help="also time bf16 + torch.compile on CUDA (about 2 minutes of compiling)")
     args = parser.parse_args()
@@ -449,7 +475,7 @@ def main() -> None:
     unload_models()
     step = rows[0]["s_per_step"] if rows else 1.0
     section("model_load", lambda: model_load(args.quick, step, args.device), show_rows("3. model load"))
-    section("orchestration", lambda: orchestration(args.device, args.quick), show_rows("4. orchestration"))
+    section("orchestration", lambda: orchestration(args.device, args.quick, args.orchestration), show_rows("4. orchestration"))
     section("scoring", lambda: scoring(args.device, args.quick, repeats), show_rows("5. scoring"))
     if args.device == "cuda" and (args.compile or (wanted and "compile" in wanted)):
         section("compile", lambda: compiled(args.quick, repeats, rows[0] if rows else None), show_rows("6. torch.compile"))

@@ -1,4 +1,4 @@
-"""The light commands (`validate`, `show`, `models`, `--help`) and the offline failure of `vqclip run` stay free of torch."""
+"""The light commands (`validate`, `show`, `models`, `--help`) and the offline failure of `vqclip run` stay free of torch (and of boto3 on a local store)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from vqclip.run.state import put_json
 from vqclip.storage import LocalStore
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "open_clip", "taming", "prefect", "vqclip.stack.api_server")
+HEAVY = ("torch", "open_clip", "taming", "prefect", "vqclip.stack.api_server", "boto3")
 RUN_ID = "quickstart-20261130-120000-abc123"
 # Runs one command as `vqclip` does, then writes the names of every module it imported to the file named last.
 WRAPPER = """

@@ -403,6 +403,8 @@ def generate(
                 frames.append(_to_pil(torch.cat([decode(z[chunk]) for chunk in chunks])))
         if progress:
             progress(step + 1, gen.steps)
+        if step == 0:
+            log.debug("first optimisation step of %d items done in %.2f s", len(items), time.perf_counter() - started)
 
     with torch.no_grad():
         final = _to_pil(torch.cat([decode(z[chunk]) for chunk in chunks]))

@@ -25,9 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -221,6 +218,10 @@ class SeaweedServer:
 
     def client(self) -> Any:
         """A boto3 S3 client with the server's admin credentials."""
+        # boto3 is imported here, not above: every `vqclip` command imports this module (for the stack's defaults).
+        import boto3
+        from botocore.config import Config
+
         return boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
@@ -264,6 +265,8 @@ class SeaweedServer:
 
     def _probe(self, client: Any) -> None:
         """Raise unless S3 reads old data and writes new: a listing answers before the volumes are known."""
+        from botocore.exceptions import ClientError
+
         try:
             client.get_object(Bucket=self.probe_bucket, Key="probe")["Body"].read()
         except ClientError as exc:

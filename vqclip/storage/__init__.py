@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -9,11 +10,22 @@ from vqclip.config import Config, get_config
 from vqclip.errors import StorageError
 from vqclip.storage.base import ObjectStore, validate_key, validate_prefix
 from vqclip.storage.local import LocalStore
-from vqclip.storage.s3 import S3Store
+
+if TYPE_CHECKING:
+    from vqclip.storage.s3 import S3Store
 
 __all__ = ["ObjectStore", "LocalStore", "S3Store", "open_store", "validate_key", "validate_prefix"]
 
 _FORMS = "a folder path, file:///absolute/folder or s3://bucket/prefix"
+
+
+def __getattr__(name: str) -> object:
+    # boto3 and botocore take about 0.2 s to import; a run on a local folder never needs them.
+    if name == "S3Store":
+        from vqclip.storage.s3 import S3Store
+
+        return S3Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(uri: str, config: Config | None = None) -> ObjectStore:
@@ -38,6 +50,8 @@ def open_store(uri: str, config: Config | None = None) -> ObjectStore:
     if scheme == "s3":
         if not parts.netloc:
             raise StorageError(f"storage location {uri!r} names no bucket; write it as s3://bucket/prefix")
+        from vqclip.storage.s3 import S3Store
+
         config = config or get_config()
         return S3Store(
             parts.netloc,
