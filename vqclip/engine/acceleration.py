@@ -1,4 +1,4 @@
-"""The engine's speed and memory switches: TF32, channels-last, decoder checkpointing, torch.compile.
+"""The engine's speed and memory switches: TF32, channels-last, packed attention, decoder checkpointing, torch.compile.
 
 Each is read from `Config`; `Accelerated` turns them into the two callables the step loop needs,
 one that decodes latents and one per guide that embeds cutouts.
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vqclip.config import Config
+from vqclip.engine.attention import pack_attention
 from vqclip.models.clip import ClipModel
 from vqclip.models.vqgan import VQGAN
 
@@ -58,6 +59,8 @@ class Accelerated:
         """Apply the settings to the models for images whose larger side is `side` pixels."""
         configure_backends(device, config)
         vqgan.decoder.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+        for clip in guides:
+            pack_attention(clip.model.visual, config.packed_attention)
         checkpointed = 0 < config.checkpoint_side <= side
         compile = config.compile and not cls.compile_failed(vqgan)
         return cls(vqgan, guides, config.channels_last, checkpointed, compile)

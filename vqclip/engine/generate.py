@@ -322,6 +322,8 @@ def generate(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_enabled(device, runtime))
     started = time.perf_counter()
     generators = [torch.Generator(device=device).manual_seed(item.seed) for item in items]
+    # Built before the prompts are embedded: image prompts go through the same (packed or not) attention as the steps.
+    accelerated = Accelerated.build(models.vqgan, [clip for clip, _ in models.guides], device, runtime, max(gen.width, gen.height))
     targets = [(_targets(items, clip, images, device, generators, gen), clip, weight) for clip, weight in models.guides]
     codebook = models.vqgan.codebook.float()
     z_min = codebook.min(0).values[None, :, None, None]
@@ -331,8 +333,6 @@ def generate(
     optimiser = OPTIMISERS[gen.optimizer]([z], lr=gen.lr)
     history: list[torch.Tensor] = []
     frames: list[list[Image.Image]] = []
-
-    accelerated = Accelerated.build(models.vqgan, [clip for clip, _ in models.guides], device, runtime, max(gen.width, gen.height))
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         quantised = vector_quantize(latents.movedim(1, 3), codebook).movedim(3, 1)
