@@ -535,8 +535,9 @@ def test_yaml_python_tags_are_refused(payload, tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_yaml_aliases_do_not_blow_up():
-    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+@pytest.mark.parametrize("first", ["x", '"\\u00e9"'], ids=["plain", "escaped"])
+def test_yaml_aliases_do_not_blow_up(first):
+    lines = [f"a: &a [{first}, x, x, x, x, x, x, x, x]"]
     lines += [f"{chr(98 + k)}: &{chr(98 + k)} [{', '.join(['*' + chr(97 + k)] * 9)}]" for k in range(8)]
     message = error_of("\n".join(lines) + "\nprompts: [a fox]\n")
     assert "m.yaml:1: a: unknown field" in message

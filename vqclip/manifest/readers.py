@@ -274,6 +274,8 @@ _LONE_SURROGATE = re.compile(
 
 def _whole_characters(data: Any, text: str, file: str) -> Any:
     """`data` with each escaped UTF-16 pair as the character it stands for (PyYAML keeps the halves apart); an unpaired half is an error."""
+    if "\\u" not in text and "\\U" not in text:
+        return data  # decoded UTF-8 holds no surrogates: only a \u or \U escape makes one
     # YAML aliases share (and may nest) lists and mappings: each is rebuilt once, so a "billion laughs" file stays cheap.
     rebuilt: dict[int, Any] = {}
 
