@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from vqclip import __version__
 from vqclip.models.spec import ModelSpec
-from vqclip.prompts import WeightedPrompt, final_prompt, format_schedule, parse_schedule
+from vqclip.prompts import MAX_WEIGHT, WeightedPrompt, final_prompt, format_schedule, parse_schedule
 from vqclip.recipes import Recipe, apply_recipe
 
 Optimizer = Literal["adam", "adamw", "adagrad", "adamax", "nadam", "radam", "rmsprop"]
@@ -26,7 +26,25 @@ REFERENCE_AUGMENTS: tuple[AugmentCode, ...] = ("Af", "Pe", "Ji", "Er")
 """The reference implementation's default augmentations, in its order."""
 
 
-class Video(BaseModel):
+def _names_type(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether `annotation`, its unions and containers unpacked, names one of `kinds`."""
+    return any(annotation is kind for kind in kinds) or any(_names_type(arg, kinds) for arg in get_args(annotation))
+
+
+class NoBooleanNumbers(BaseModel):
+    """Refuses true and false in number fields, which pydantic's lax mode would read as 1 and 0 (`n: true`)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        boolean = next((v for v in (value if isinstance(value, list) else [value]) if isinstance(v, bool)), None)
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if boolean is not None and _names_type(annotation, (int, float)) and not _names_type(annotation, (bool,)):
+            raise ValueError(f"{str(boolean).lower()} is not a number; write a number here")
+        return value
+
+
+class Video(NoBooleanNumbers):
     """An MP4 of an item's frames and final image; `true` in a manifest means the default frame rate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,7 +62,7 @@ def _video_shorthand(value: Any) -> Any:
     return value
 
 
-class Zoom(BaseModel):
+class Zoom(NoBooleanNumbers):
     """A zoom video: each frame starts from the previous one, zoomed about its centre and shifted, and is optimised further."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -126,17 +144,19 @@ class ImagePrompt(BaseModel):
     stop: float | None = Field(None, description="As a text part's stop: below this signed distance it pulls no more (None: never stops).")
 
 
-def _nonzero(value: float) -> float:
+def _usable_weight(value: float) -> float:
     if value == 0:
         raise ValueError("weight 0 does nothing; use a positive weight, or a negative one to push away")
+    if abs(value) > MAX_WEIGHT:
+        raise ValueError(f"weight {value:g} is out of range; use a number from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
     return value
 
 
-Weight = Annotated[float, AfterValidator(_nonzero)]
-"""A prompt's weight: any finite number but 0 (negative pushes the image away)."""
+Weight = Annotated[float, AfterValidator(_usable_weight)]
+"""A prompt's weight: a finite number from -MAX_WEIGHT to MAX_WEIGHT but 0 (negative pushes the image away)."""
 
 
-class NoisePrompt(BaseModel):
+class NoisePrompt(NoBooleanNumbers):
     """A random embedding drawn from `seed` that guides like a text prompt; "seed:weight" strings and bare seeds allowed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -22,6 +22,8 @@ from vqclip.errors import PromptError
 
 CLIP_TEXT_TOKENS = 75
 """Tokens of text CLIP reads: its 77-token context less the start and end markers."""
+MAX_WEIGHT = 1000.0
+"""The largest weight of a prompt, in size: only weights' ratios matter to the optimiser, and far larger ones overflow the loss."""
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 _UNESCAPED_CARET = re.compile(r"(?<!\\)\^")
@@ -91,6 +93,8 @@ def parse_part(part: str, position: int = 1) -> WeightedPrompt:
     stop = numbers[1] if len(numbers) > 1 else -math.inf
     if not math.isfinite(weight):
         raise PromptError(f"prompt part {position} ({text!r}) has weight {weight}; use a finite number such as 1 or -0.5")
+    if abs(weight) > MAX_WEIGHT:
+        raise PromptError(f"prompt part {position} ({text!r}) has weight {weight:g}; use a number from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
     if weight == 0:
         raise PromptError(f"prompt part {position} ({text!r}) has weight 0, which does nothing; remove the part or give it a weight")
     if math.isnan(stop):

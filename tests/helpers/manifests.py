@@ -37,6 +37,14 @@ BAD = [
     case("learning rate too high", "prompts:\n  - text: a fox\n    lr: 1e308\n", "m.yaml:3: prompts[0].lr: Input should be less than or equal to 10"),
     case("cut_pow too high", "defaults:\n  cut_pow: 1e9\nprompts: [a fox]\n", "m.yaml:2: defaults.cut_pow: Input should be less than or equal to 10"),
     case("init_weight too high", "prompts:\n  - {text: a fox, init_weight: 1e6}\n", "m.yaml:2: prompts[0].init_weight: Input should be less than or equal to 1000"),
+    # true and false are not numbers, though pydantic's lax mode would read them as 1 and 0.
+    case("n: true", "defaults: {n: true}\nprompts: [a fox]\n", "m.yaml:1: defaults.n: true is not a number; write a number here"),
+    case("a seed of false", "prompts:\n  - {text: a fox, seeds: [3, false]}\n", "m.yaml:2: prompts[0].seeds: false is not a number"),
+    case("zoom frames: true", "defaults: {zoom: {frames: true}}\nprompts: [a fox]\n", "m.yaml:1: defaults.zoom.frames: true is not a number"),
+    case("a guide weight of true", "defaults: {guides: [[tiny-clip-a/random, true]]}\nprompts: [a fox]\n", "defaults.guides[0]: true is not a weight"),
+    # Weights far beyond any useful ratio overflow the loss: the item would only fail, step after step.
+    case("text weight 1e308", 'prompts: ["a fox:1e308"]\n', "m.yaml:1: prompts[0].text: prompt part 1 ('a fox') has weight 1e+308; use a number from -1000 to 1000"),
+    case("noise weight -1e9", "defaults: {noise_prompts: ['7:-1e9']}\nprompts: [a fox]\n", "defaults.noise_prompts[0].weight: weight -1e+09 is out of range"),
     # Counts far over the limit are refused at once, not expanded first (a billion seeds derived, or
     # every seed of a long list compared with every other, took minutes).
     case("a billion images", "prompts:\n  - {text: a fox, n: 1000000000}\n", "m.yaml:2: prompts[0].n: 1000000000 images per prompt, more than the 64 allowed"),

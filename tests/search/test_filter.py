@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 import numpy as np
 import open_clip
@@ -36,6 +37,7 @@ from vqclip.models.presets import models_for_preset
 from vqclip.run import embeddings, layout
 from vqclip.run.filtering import FilterReport
 from vqclip.run.outputs import write_outputs
+from vqclip.run.progress import Progress
 from vqclip.run.records import ItemRecord, Ranking, RunIndex
 from vqclip.run.scoring import score_run
 from vqclip.run.state import RunStore, build_index, put_json
@@ -151,7 +153,7 @@ def test_filter_decisions_match_clip_zero_shot_and_filtered_images_are_published
 
     probs = clip_probabilities(store, records, LABELS)
     spec, rows = pick_filter(probs, LABELS)
-    report, _ = refilter_run(store, "run-1", load_spec(spec), cpu_scorer, LOG)
+    report, _ = refilter_run(store, "run-1", load_spec(spec), cpu_scorer, LOG, busy_within=75)
     labelled = {r.item_id: r.filter for r in RunStore(store, "run-1").done_records().values()}
     for row, item_id in enumerate(ids):
         label = labelled[item_id]
@@ -183,6 +185,25 @@ def test_filter_decisions_match_clip_zero_shot_and_filtered_images_are_published
     assert cleared.exit_code == 0, cleared.output
     check_published(store, "run-1", set(ids), set())
     assert not store.exists(layout.filter_report_key("run-1"))
+
+
+def test_a_run_still_generating_is_not_filtered(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    finished_run(store, "run-1", count=2)
+    before = {key: store.get_bytes(key) for key in store.list(layout.run_prefix("run-1"))}
+    args = ["filter", "run-1", "--labels", "a fox", "--labels", "the sea", "--reject", "the sea", "--storage", str(tmp_path / "store")]
+    # A resumed run's shard, somewhere, recorded its progress a moment ago and has steps to go.
+    moving = Progress(steps_done=3, steps_total=8, images_done=0, images_total=2, updated=time.time() - 2)
+    store.put_bytes(layout.progress_key("run-1", 1), moving.model_dump_json().encode())
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 1
+    assert "run run-1 is still generating (shard 1 recorded progress 2 s ago); filter it once it has finished" in out.output
+    assert {key: store.get_bytes(key) for key in store.list(layout.run_prefix("run-1")) if "progress/" not in key} == before
+
+    # Once its record is older than the zombie window (its process is gone), or finished, the run is filtered.
+    store.put_bytes(layout.progress_key("run-1", 1), moving.model_copy(update={"updated": time.time() - 80}).model_dump_json().encode())
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
 
 
 def load_spec(spec: dict):

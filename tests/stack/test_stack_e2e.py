@@ -211,7 +211,8 @@ def test_submitted_manifest_is_claimed_and_generated_across_both_gpu_workers(sta
     assert store.list(layout.INBOX) == []
 
     shards = flow_runs(stack, "generate-shard", run_id)
-    assert sorted(r.parameters["shard"] for r in shards) == list(range(ITEMS)), [r.parameters for r in shards]
+    dispatched = [(r.parameters["shard"], r.state.name, r.state.message) for r in shards]
+    assert sorted(r.parameters["shard"] for r in shards) == list(range(ITEMS)), f"each shard once: {dispatched}\n{stack_logs(stack)}"
     assert all(r.state.type == StateType.COMPLETED for r in shards)
     assert {r.work_pool_name for r in shards} == {"gpu"}
     assert {worker_of(r) for r in shards} == {"gpu-1", "gpu-2"}, [(r.name, r.labels) for r in shards]

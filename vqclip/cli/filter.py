@@ -28,7 +28,8 @@ def filter_run(
 ) -> None:
     """Label a finished run's images by zero-shot classification and leave the rejected ones out of its ranking, sheets, gallery and search.
 
-    Uses the embeddings kept by scoring: nothing is regenerated or re-encoded. Running it again is safe.
+    Uses the embeddings kept by scoring: nothing is regenerated or re-encoded. Running it again is safe;
+    a run still generating is refused.
     """
     from vqclip.config import get_config
     from vqclip.filter_spec import parse_filter
@@ -50,8 +51,9 @@ def filter_run(
             spec = load_manifest_file(manifest).filter
             if spec is None:
                 raise VqclipError(f"{manifest}: no `filter:` section (and no VQCLIP_FILTER default); add one, or give --labels")
-        store = open_store(storage or get_config().storage)
-        report, ranking = refilter_run(store, run_id, spec, load_scorer, logging.getLogger("vqclip.filter"))
+        config = get_config()
+        store = open_store(storage or config.storage)
+        report, ranking = refilter_run(store, run_id, spec, load_scorer, logging.getLogger("vqclip.filter"), busy_within=config.zombie_after_s)
     if as_json:
         console.print_json(json.dumps(report.model_dump(mode="json") if report else None))
         return

@@ -88,12 +88,8 @@ def generate(
 
     from vqclip.config import get_config
     from vqclip.items import GenerationSettings, WorkItem
-    from vqclip.models.loader import load_models
     from vqclip.models.presets import get_preset, models_for_preset
     from vqclip.prompts import parse_schedule
-    from vqclip.run.shard import run_shard
-    from vqclip.run.state import RunStore
-    from vqclip.storage import LocalStore
 
     # Config left out come from the preset (the tiny one's are small, for a quick smoke run), then the defaults.
     given = dict(zip(("width", "height"), _parse_size(size))) if size else {}
@@ -110,6 +106,12 @@ def generate(
         if width % spec.factor or height % spec.factor:
             raise VqclipError(f"--size {width}x{height}: width and height must be multiples of {spec.factor} for preset {preset}")
         item = WorkItem(prompt_id="cli", prompt=prompt, seed=seed, settings=settings, models=spec)
+        # Bad input is refused above, before torch is imported.
+        from vqclip.models.loader import load_models
+        from vqclip.run.shard import run_shard
+        from vqclip.run.state import RunStore
+        from vqclip.storage import LocalStore
+
         with console.status(f"loading models ({preset})", spinner="dots"):
             models = load_models(spec, device=device, include_scorer=False)
         # A one-item shard of a throwaway run: the same recovery rules (out-of-memory fallback, NaN

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 from pydantic.fields import FieldInfo
 
 from vqclip.errors import ModelError, PromptError
-from vqclip.items import GenerationSettings, NoisePrompt, Weight
+from vqclip.items import GenerationSettings, NoBooleanNumbers, NoisePrompt, Weight
 from vqclip.models.catalog import get_vqgan_spec
 from vqclip.models.names import check_clip_name
 from vqclip.models.presets import get_preset
@@ -19,7 +19,7 @@ from vqclip.prompts import parse_schedule
 _SLUG = re.compile(r"[a-z0-9_-]{1,64}")
 
 
-class _Strict(BaseModel):
+class _Strict(NoBooleanNumbers):
     # Unknown fields are typos until proven otherwise; non-finite numbers are never meant.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

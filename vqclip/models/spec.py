@@ -51,6 +51,9 @@ class Guide(NamedTuple, Generic[Name]):
 
 
 def _guide_shorthand(value: Any) -> Any:
+    weight = value.get("weight") if isinstance(value, dict) else value[1] if isinstance(value, (list, tuple)) and len(value) == 2 else None
+    if isinstance(weight, bool):
+        raise ValueError(f"{str(weight).lower()} is not a weight; write a number above 0")
     return {"clip": value} if isinstance(value, str) else value
 
 

@@ -221,3 +221,16 @@ class RunProgress:
                 continue
             if record.updated >= known.updated:
                 self._shards[shard] = record
+
+
+def recently_moving_shards(store: ObjectStore, run_id: str, within: float) -> dict[int, float]:
+    """The shards of `run_id` whose record is unfinished and less than `within` seconds old, with its age: work still running somewhere."""
+    now, moving = time.time(), {}
+    for key in store.list(layout.progress_prefix(run_id)):
+        try:
+            record = Progress.model_validate_json(store.get_bytes(key))
+        except (VqclipError, ValidationError):
+            continue
+        if not record.finished and now - record.updated < within:
+            moving[int(key.rsplit("/", 1)[-1].removesuffix(".json"))] = max(now - record.updated, 0.0)
+    return moving

@@ -166,5 +166,8 @@ def prefect_api(server: TemporaryApiServer | None) -> Iterator[None]:
             server.stop()
         yield
         return
-    with temporary_settings(updates={PREFECT_API_URL: server.wait_ready(settings.server.ephemeral.startup_timeout_seconds)}):
+    # No flow-run heartbeats: they let a server's zombie-run automation find crashed runs, and this server
+    # lives no longer than the run; its heartbeat thread sleeps in whole seconds, which the flow's end waits out.
+    url = server.wait_ready(settings.server.ephemeral.startup_timeout_seconds)
+    with temporary_settings(updates={PREFECT_API_URL: url, "flows.heartbeat_frequency": None}):
         yield
