@@ -232,73 +232,6 @@ def test_submitted_manifest_is_claimed_and_generated_across_both_gpu_workers(sta
     print(f"\nwatch -> {ITEMS} shards on 2 gpu workers -> ranked: {elapsed:.0f} s")
 
 
-def test_killed_gpu_worker_and_its_flow_run_lose_and_duplicate_nothing(stack: StackState, tmp_path: Path):
-    started = time.monotonic()
-    with prefect_client(stack) as client:
-        (automation,) = client.read_automations_by_name(zombie_automation().name)
-    assert automation.enabled and automation.trigger.posture == "Proactive"
-    assert automation.trigger.within == timedelta(seconds=ZOMBIE_AFTER_S)
-
-    manifest = tmp_path / "e2e-fault.yaml"
-    manifest.write_text(MANIFEST.format(name="fault", steps=120))
-    out = vqclip(stack, "submit", "--now", str(manifest))
-    match = re.search(r"started run (\S+?):? ", out)
-    assert match, out
-    run_id = match.group(1)
-    (batch,) = flow_runs(stack, "batch-generate", run_id)
-
-    worker = stack.process("worker-gpu-1")
-
-    def running_on_gpu_1() -> FlowRun | None:
-        for run in flow_runs(stack, "generate-shard", run_id):
-            if run.state.type == StateType.RUNNING and worker_of(run) == "gpu-1" and run.infrastructure_pid and heartbeats(stack, run.id):
-                return run
-        return None
-
-    victim = wait_until("a shard running on gpu-1 that has sent a heartbeat", running_on_gpu_1, 150, stack, every=0.3)
-    flow_pid = int(victim.infrastructure_pid)
-    # The flow-run process is the worker's child, in a session of its own: kill both, by pid, like a lost machine.
-    assert flow_pid in descendants([worker.pid]) and os.getpgid(flow_pid) == flow_pid
-    os.killpg(worker.pid, signal.SIGKILL)
-    os.killpg(flow_pid, signal.SIGKILL)
-    killed_at, killed_wall = time.monotonic(), datetime.now(timezone.utc)
-    wait_until("the killed processes to be gone", lambda: True if not (is_alive(worker.pid) or is_alive(flow_pid)) else None, 10, stack, 0.1)
-    shard = victim.parameters["shard"]
-
-    done = wait_until(f"batch run {run_id} to finish", lambda: final(stack, batch.id), FAULT_RUN_TIMEOUT_S, stack)
-    elapsed = time.monotonic() - started
-    assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
-
-    crashed = read_flow_run(stack, victim.id)
-    assert crashed.state.type == StateType.CRASHED, crashed.state
-    assert "No heartbeat" in (crashed.state.message or ""), crashed.state.message
-    last_beat = max(datetime.fromisoformat(e["occurred"].replace("Z", "+00:00")) for e in heartbeats(stack, victim.id))
-    detected_after_kill = (crashed.state.timestamp - killed_wall).total_seconds()
-    detected_after_beat = (crashed.state.timestamp - last_beat).total_seconds()
-
-    attempts = [r for r in flow_runs(stack, "generate-shard", run_id) if r.parameters["shard"] == shard]
-    assert [r.idempotency_key for r in attempts] == [f"{run_id}-shard-{shard}-attempt-{n}" for n in (1, 2)]
-    # gpu-2, or gpu-1 once the supervisor has started it again.
-    assert attempts[1].state.type == StateType.COMPLETED and worker_of(attempts[1]) in {"gpu-1", "gpu-2"}
-    shards = flow_runs(stack, "generate-shard", run_id)
-    assert sorted({r.parameters["shard"] for r in shards}) == list(range(ITEMS))
-    assert all(r.state.type == StateType.COMPLETED for r in shards if r.id != victim.id)
-
-    store = open_store(stack.storage)
-    check_complete_run(store, run_id, ITEMS)
-    check_items_exactly(store, run_id, ITEMS)
-
-    # The supervisor started the killed worker again; `vqclip status` shows it, and it is back in its pool.
-    restarted = load_state(stack.state_dir).process("worker-gpu-1")
-    assert restarted.pid != worker.pid and restarted.restarts >= 1 and is_alive(restarted.pid, restarted.started)
-    status = wait_until("vqclip status to report a healthy stack", lambda: vqclip_status(stack), 60, stack, every=2)
-    assert re.search(rf"worker-gpu-1\s.*{restarted.pid}\s.*running\s.*{restarted.restarts}", status), status
-    print(
-        f"\nshard marked Crashed {detected_after_kill:.0f} s after the kill ({detected_after_beat:.0f} s after its last "
-        f"heartbeat); kill -> run complete {time.monotonic() - killed_at:.0f} s; whole test {elapsed:.0f} s"
-    )
-
-
 def check_png(path: Path) -> None:
     data = path.read_bytes() if path.exists() else b""
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, f"{path}: {len(data)} bytes, not a rendered page"
@@ -395,36 +328,108 @@ def completed_batch(state: StackState, run_id: str) -> FlowRun | None:
     return None
 
 
-def test_a_lost_batch_run_is_resumed_and_completes_without_anyone(stack: StackState, tmp_path: Path):
-    run_id, batch = submit_now(stack, tmp_path, "lost-batch", steps=120)
-    wait_until("a shard running with a heartbeat", lambda: shard_running(stack, run_id), 150, stack, every=0.5)
-    batch = read_flow_run(stack, batch.id)
-    assert batch.state.type == StateType.RUNNING and worker_of(batch) == "cpu-1"
-    worker = load_state(stack.state_dir).process("worker-cpu-1")
-    batch_pid = int(batch.infrastructure_pid)
-    # The cpu machine is lost: its worker and the batch's flow-run process, by pid (the shards go on).
-    os.killpg(worker.pid, signal.SIGKILL)
-    os.killpg(batch_pid, signal.SIGKILL)
-    killed_at = time.monotonic()
+def test_lost_cpu_and_gpu_machines_lose_and_duplicate_nothing(stack: StackState, tmp_path: Path):
+    """Two runs, each losing a machine mid-run, the second soon after the first (their zombie-run windows overlap).
 
-    done = wait_until(f"a batch run of {run_id} to complete", lambda: completed_batch(stack, run_id), FAULT_RUN_TIMEOUT_S, stack)
-    lost = read_flow_run(stack, batch.id)
-    assert lost.state.type == StateType.CRASHED and RESUMED_TAG in lost.tags, (lost.state, lost.tags)
-    assert done.idempotency_key == f"resume-{batch.id}" and done.parameters == {**batch.parameters, "run_id": run_id}
+    Run "lost-cpu" loses its batch's machine: the cpu worker and the batch's flow-run process are
+    killed; the zombie automation marks the batch Crashed and the reconciler resumes it, adopting its
+    shards still in flight. Run "lost-gpu", started once the supervisor has started the cpu worker
+    again (a batch whose worker dies dies with it), loses a shard's machine: gpu-1's worker and the
+    shard's flow-run process are killed; the shard is marked Crashed and its batch dispatches it again.
+    Neither run loses or duplicates an image.
+    """
+    with prefect_client(stack) as client:
+        (automation,) = client.read_automations_by_name(zombie_automation().name)
+    assert automation.enabled and automation.trigger.posture == "Proactive"
+    assert automation.trigger.within == timedelta(seconds=ZOMBIE_AFTER_S)
+    # Few steps: the batch is killed as soon as it has dispatched, and its shards go before the other run's.
+    cpu_run, cpu_batch = submit_now(stack, tmp_path, "lost-cpu", steps=40)
+
+    def dispatching() -> FlowRun | None:
+        batch = read_flow_run(stack, cpu_batch.id)
+        running = batch.state.type == StateType.RUNNING and batch.infrastructure_pid and heartbeats(stack, batch.id)
+        return batch if running and flow_runs(stack, "generate-shard", cpu_run) else None
+
+    cpu_batch = wait_until("the lost-cpu batch dispatching, with a heartbeat", dispatching, 150, stack, every=0.5)
+    assert worker_of(cpu_batch) == "cpu-1"
+    cpu_worker, batch_pid = load_state(stack.state_dir).process("worker-cpu-1"), int(cpu_batch.infrastructure_pid)
+    os.killpg(cpu_worker.pid, signal.SIGKILL)
+    os.killpg(batch_pid, signal.SIGKILL)
+
+    def cpu_worker_back() -> bool | None:
+        worker = load_state(stack.state_dir).process("worker-cpu-1")
+        return True if worker.pid != cpu_worker.pid and is_alive(worker.pid, worker.started) else None
+
+    wait_until("the supervisor to start the cpu worker again", cpu_worker_back, 60, stack, every=0.5)
+    gpu_run, gpu_batch = submit_now(stack, tmp_path, "lost-gpu", steps=120)
+
+    # The gpu machine, once a shard of the other run runs on gpu-1 and has sent a heartbeat.
+    def running_on_gpu_1() -> FlowRun | None:
+        for run in flow_runs(stack, "generate-shard", gpu_run):
+            if run.state.type == StateType.RUNNING and worker_of(run) == "gpu-1" and run.infrastructure_pid and heartbeats(stack, run.id):
+                return run
+        return None
+
+    gpu_worker = load_state(stack.state_dir).process("worker-gpu-1")
+    victim = wait_until("a lost-gpu shard running on gpu-1 that has sent a heartbeat", running_on_gpu_1, 150, stack, every=0.3)
+    flow_pid = int(victim.infrastructure_pid)
+    # The flow-run process is the worker's child, in a session of its own: kill both, by pid, like a lost machine.
+    assert flow_pid in descendants([gpu_worker.pid]) and os.getpgid(flow_pid) == flow_pid
+    os.killpg(gpu_worker.pid, signal.SIGKILL)
+    os.killpg(flow_pid, signal.SIGKILL)
+    killed_at, killed_wall = time.monotonic(), datetime.now(timezone.utc)
+    gone = (batch_pid, gpu_worker.pid, flow_pid)
+    wait_until("the killed processes to be gone", lambda: True if not any(is_alive(pid) for pid in gone) else None, 10, stack, 0.1)
+    shard = victim.parameters["shard"]
+
+    done = wait_until(f"batch run {gpu_run} to finish", lambda: final(stack, gpu_batch.id), FAULT_RUN_TIMEOUT_S, stack)
+    assert done.state.type == StateType.COMPLETED, f"{done.state.name}: {done.state.message}\n{stack_logs(stack)}"
+    resumed = wait_until(f"a batch run of {cpu_run} to complete", lambda: completed_batch(stack, cpu_run), FAULT_RUN_TIMEOUT_S, stack)
     store = open_store(stack.storage)
-    check_complete_run(store, run_id, ITEMS)
-    check_items_exactly(store, run_id, ITEMS)
-    # No shard generated twice at once: every shard completed by exactly one flow run.
-    shards = flow_runs(stack, "generate-shard", run_id)
+    for run_id in (cpu_run, gpu_run):
+        check_complete_run(store, run_id, ITEMS)
+        check_items_exactly(store, run_id, ITEMS)
+
+    # lost-cpu: the batch was resumed by the reconciler, with its parameters; every shard completed by exactly one flow run.
+    lost = read_flow_run(stack, cpu_batch.id)
+    assert lost.state.type == StateType.CRASHED and RESUMED_TAG in lost.tags, (lost.state, lost.tags)
+    assert resumed.idempotency_key == f"resume-{cpu_batch.id}" and resumed.parameters == {**cpu_batch.parameters, "run_id": cpu_run}
+    shards = flow_runs(stack, "generate-shard", cpu_run)
     completed = sorted(r.parameters["shard"] for r in shards if r.state.type == StateType.COMPLETED)
     assert completed == list(range(ITEMS)), [(r.parameters["shard"], r.state.name) for r in shards]
-    assert load_state(stack.state_dir).process("worker-cpu-1").restarts >= 1
-    print(f"\nbatch process and cpu worker killed -> resumed run complete in {time.monotonic() - killed_at:.0f} s")
+
+    # lost-gpu: the killed shard was marked Crashed for its missing heartbeats and dispatched once more.
+    crashed = read_flow_run(stack, victim.id)
+    assert crashed.state.type == StateType.CRASHED, crashed.state
+    assert "No heartbeat" in (crashed.state.message or ""), crashed.state.message
+    last_beat = max(datetime.fromisoformat(e["occurred"].replace("Z", "+00:00")) for e in heartbeats(stack, victim.id))
+    detected_after_kill = (crashed.state.timestamp - killed_wall).total_seconds()
+    detected_after_beat = (crashed.state.timestamp - last_beat).total_seconds()
+    attempts = [r for r in flow_runs(stack, "generate-shard", gpu_run) if r.parameters["shard"] == shard]
+    assert [r.idempotency_key for r in attempts] == [f"{gpu_run}-shard-{shard}-attempt-{n}" for n in (1, 2)]
+    # gpu-2, or gpu-1 once the supervisor has started it again.
+    assert attempts[1].state.type == StateType.COMPLETED and worker_of(attempts[1]) in {"gpu-1", "gpu-2"}
+    shards = flow_runs(stack, "generate-shard", gpu_run)
+    assert sorted({r.parameters["shard"] for r in shards}) == list(range(ITEMS))
+    assert all(r.state.type == StateType.COMPLETED for r in shards if r.id != victim.id)
+
+    # The supervisor started both killed workers again; `vqclip status` shows them, back in their pools.
+    state = load_state(stack.state_dir)
+    for name, killed in (("worker-cpu-1", cpu_worker), ("worker-gpu-1", gpu_worker)):
+        restarted = state.process(name)
+        assert restarted.pid != killed.pid and restarted.restarts >= 1 and is_alive(restarted.pid, restarted.started)
+    status = wait_until("vqclip status to report a healthy stack", lambda: vqclip_status(stack), 60, stack, every=2)
+    restarted = state.process("worker-gpu-1")
+    assert re.search(rf"worker-gpu-1\s.*{restarted.pid}\s.*running\s.*{restarted.restarts}", status), status
+    print(
+        f"\nshard marked Crashed {detected_after_kill:.0f} s after the kill ({detected_after_beat:.0f} s after its last "
+        f"heartbeat); kills -> both runs complete {time.monotonic() - killed_at:.0f} s"
+    )
 
 
 def test_down_mid_run_then_up_finishes_the_run(stack: StackState, tmp_path: Path):
     """Last in this module: it stops and starts the session's stack."""
-    run_id, batch = submit_now(stack, tmp_path, "down-up", steps=120)
+    run_id, batch = submit_now(stack, tmp_path, "down-up", steps=60)
     wait_until("a shard running with a heartbeat", lambda: shard_running(stack, run_id), 150, stack, every=0.5)
     stop_stack(stack.state_dir)
     stopped_at = time.monotonic()
