@@ -42,6 +42,9 @@ BAD = [
     case("a seed of false", "prompts:\n  - {text: a fox, seeds: [3, false]}\n", "m.yaml:2: prompts[0].seeds: false is not a number"),
     case("zoom frames: true", "defaults: {zoom: {frames: true}}\nprompts: [a fox]\n", "m.yaml:1: defaults.zoom.frames: true is not a number"),
     case("a guide weight of true", "defaults: {guides: [[tiny-clip-a/random, true]]}\nprompts: [a fox]\n", "defaults.guides[0]: true is not a weight"),
+    # json keeps the last of a repeated key without a word; YAML's reader refuses it, and so do these.
+    case("a repeated key in JSON", '{"prompts": ["a fox"],\n "defaults": {"n": 1,\n  "n": 50}}', "m.json:3: key 'n' appears twice in one mapping; keep one", name="m.json"),
+    case("a repeated key in JSONL", '{"text": "a fox"}\n{"text": "a cat", "n": 1, "n": 50}\n', "m.jsonl:2: key 'n' appears twice in one mapping", name="m.jsonl"),
     # Weights far beyond any useful ratio overflow the loss: the item would only fail, step after step.
     case("text weight 1e308", 'prompts: ["a fox:1e308"]\n', "m.yaml:1: prompts[0].text: prompt part 1 ('a fox') has weight 1e+308; use a number from -1000 to 1000"),
     case("noise weight -1e9", "defaults: {noise_prompts: ['7:-1e9']}\nprompts: [a fox]\n", "defaults.noise_prompts[0].weight: weight -1e+09 is out of range"),

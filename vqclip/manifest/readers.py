@@ -128,25 +128,43 @@ def _read_yaml(text: str, file: str) -> Document:
     return Document(data, lambda: lines, problems)
 
 
-def _json_lines(text: str) -> dict[FieldPath, int]:
-    # JSON is (nearly) YAML: composing it finds each field's line. Only done when there is an error to place;
-    # where PyYAML cannot read the JSON, errors name the field path alone. Valid JSON has tabs only between
-    # tokens, where PyYAML may refuse them, so they become spaces.
+def _json_lines(text: str) -> tuple[dict[FieldPath, int], list[Problem]]:
+    # JSON is (nearly) YAML: composing it finds each field's line (and each repeated key's). Only done when
+    # there is an error to place; where PyYAML cannot read the JSON, errors name the field path alone. Valid
+    # JSON has tabs only between tokens, where PyYAML may refuse them, so they become spaces.
     try:
         node = yaml.compose(text.replace("\t", " "), Loader=_LOADERS[0])
     except (yaml.YAMLError, RecursionError):
-        return {}
-    return _yaml_lines(node)[0] if node is not None else {}
+        return {}, []
+    return _yaml_lines(node) if node is not None else ({}, [])
+
+
+class _RepeatedKeys(list):
+    """An `object_pairs_hook` for json.loads that notes every key an object repeats (json keeps the last silently)."""
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        data = dict(pairs)
+        if len(data) < len(pairs):
+            self.extend(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        return data
+
+
+def _repeated_key_problem(key: str, line: int | None = None) -> Problem:
+    return Problem(f"key {key!r} appears twice in one mapping; keep one", line=line)
 
 
 def _read_json(text: str, file: str) -> Document:
+    repeated = _RepeatedKeys()
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=repeated)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{file}:{exc.lineno}: JSON syntax error: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise ManifestError(f"{file}: nested too deeply to be a manifest") from None
-    return Document(data, cache(lambda: _json_lines(text)))
+    if repeated:
+        lines, problems = _json_lines(text)
+        return Document(data, lambda: lines, problems or [_repeated_key_problem(key) for key in repeated])
+    return Document(data, cache(lambda: _json_lines(text)[0]))
 
 
 def _read_jsonl(text: str, file: str) -> Document:
@@ -158,8 +176,10 @@ def _read_jsonl(text: str, file: str) -> Document:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        repeated = _RepeatedKeys()
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=repeated)
+            problems.extend(_repeated_key_problem(key, number) for key in repeated)
         except json.JSONDecodeError as exc:
             reason = f"not valid JSON: {exc.msg} (column {exc.colno}); each line holds one JSON object or string"
             problems.append(Problem(reason, line=number))
