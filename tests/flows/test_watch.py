@@ -104,6 +104,7 @@ def fill_inbox(store, put_hostile) -> None:
     store.put_bytes(f"{layout.INBOX}fox.yaml", GOOD.format(text="a red fox").encode())
     with_input = GOOD.format(text="a cat").replace("'a cat'", "{text: a cat, init_image: 'store:inputs/fox.png'}")
     store.put_bytes(f"{layout.INBOX}cat.yaml", with_input.encode())
+    store.put_bytes(f"{layout.INBOX}café.yaml", GOOD.format(text="a café").encode())  # run ids are ASCII: caf-...
     put_hostile(HOSTILE, GOOD.format(text="a hidden fox").encode())
     store.put_bytes(f"{layout.INBOX}payload.bin", bytes(range(256)) * 4)
     store.put_bytes(f"{layout.INBOX}photo.yaml", png())
@@ -124,7 +125,8 @@ def limits(monkeypatch):
 
 
 def check_one_pass(store, report, started) -> None:
-    assert sorted(report.started) == ["cat.yaml", "fox.yaml"], report
+    assert sorted(report.started) == ["café.yaml", "cat.yaml", "fox.yaml"], report
+    assert report.started["café.yaml"].startswith("caf-")
     assert sorted(run_id for _, _, run_id in started) == sorted(report.started.values())
     assert sorted(manifest for _, manifest, _ in started) == sorted(store.url(key) for key in store.list(layout.CLAIMED))
     notes = rejections(store)

@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 def new_run_id(manifest_name: str, manifest_bytes: bytes) -> str:
     """A fresh run id: the manifest's name, the time and a hash of its content."""
-    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(manifest_name).stem)[:40] or "run"
+    # Run ids are ASCII key segments that start with a letter or digit (layout.check_run_id): "café.yaml"
+    # gives caf-..., "テスト.yaml" or "-x.yaml" give run-... and x-...
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in Path(manifest_name).stem)
+    stem = safe.strip("-_")[:40].rstrip("-_") or "run"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stem}-{stamp}-{hashlib.sha256(manifest_bytes).hexdigest()[:6]}"
 
