@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -92,6 +93,32 @@ def test_a_server_that_loses_its_port_starts_on_another(monkeypatch):
         finally:
             server.stop()
     assert server.port != busy and url == f"http://127.0.0.1:{server.port}/api"
+
+
+def rows(database: Path) -> dict[str, int]:
+    """How many flows, flow runs, task runs and artifacts a Prefect database holds (none before it exists)."""
+    tables = ("flow", "flow_run", "task_run", "artifact")
+    if not database.exists():
+        return dict.fromkeys(tables, 0)
+    with sqlite3.connect(database) as db:
+        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
+
+
+@pytest.mark.slow
+def test_a_new_server_is_warmed_up_with_reads_that_add_nothing(monkeypatch):
+    # The server's first request and first query cost it about 0.7 s: paid on its own core while the run
+    # imports torch, not on the run's path. It requires an auth string here: the reads carry the client's.
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "vqclip:warm-up")
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "vqclip:warm-up")
+    database = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+    before = rows(database)
+    server = TemporaryApiServer()
+    try:
+        server.wait_ready(90)
+        assert server.warmed.wait(60), "the warm-up's reads were not all answered"
+    finally:
+        server.stop()
+    assert rows(database) == before
 
 
 def test_a_server_that_cannot_start_says_why(tmp_path, monkeypatch):
