@@ -126,17 +126,17 @@ class TemporaryApiServer:
             if self._stopped or time.monotonic() > deadline:
                 return
             time.sleep(0.1)
-        if all(self._answers(path, body) for path, body in _WARM_UP):
+        if all(self._answers(path, body, timeout=30) for path, body in _WARM_UP):
             self.warmed.set()
 
-    def _answers(self, path: str, body: dict | None = None) -> bool:
-        """Whether the server answers `path` (a POST of `body` as JSON, else a GET) with success."""
+    def _answers(self, path: str, body: dict | None = None, timeout: float = 1.0) -> bool:
+        """Whether the server answers `path` (a POST of `body` as JSON, else a GET) with success within `timeout` seconds."""
         headers = {"Content-Type": "application/json"}
         if auth := os.environ.get("PREFECT_API_AUTH_STRING"):  # the server may require one (PREFECT_SERVER_API_AUTH_STRING)
             headers["Authorization"] = f"Basic {base64.b64encode(auth.encode()).decode()}"
         data = None if body is None else json.dumps(body).encode()
         try:
-            with _NO_PROXY.open(urllib.request.Request(self.api_url + path, data=data, headers=headers), timeout=5) as response:
+            with _NO_PROXY.open(urllib.request.Request(self.api_url + path, data=data, headers=headers), timeout=timeout) as response:
                 return response.status == 200
         except OSError:
             return False
